@@ -1,0 +1,51 @@
+"""usbwire: USB devices shared over TCP/IP, wire-compatible with Linux USB/IP."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from usbwire.client import ServerUnreachable, import_device, list_devices
+from usbwire.errors import (
+    ControlError,
+    ImportRefused,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    Stall,
+    UsbwireError,
+)
+from usbwire.protocol import DEFAULT_PORT, DeviceInfo, OpStatus, Speed
+from usbwire.server import DEFAULT_CONTROL_PATH, ControlServer, Limits, Registry, Server
+from usbwire.server import request as control_request
+from usbwire.service import ServeOptions, serve
+from usbwire.usbids import load as load_usb_ids
+
+try:
+    __version__ = version("usbwire")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+source"
+
+__all__ = [
+    "DEFAULT_CONTROL_PATH",
+    "DEFAULT_PORT",
+    "ControlError",
+    "ControlServer",
+    "DeviceInfo",
+    "ImportRefused",
+    "Limits",
+    "LocalProtocolError",
+    "OpStatus",
+    "ProtocolError",
+    "Registry",
+    "RemoteProtocolError",
+    "ServeOptions",
+    "Server",
+    "ServerUnreachable",
+    "Speed",
+    "Stall",
+    "UsbwireError",
+    "__version__",
+    "control_request",
+    "import_device",
+    "list_devices",
+    "load_usb_ids",
+    "serve",
+]

@@ -1,0 +1,3 @@
+from usbwire.cli import main
+
+raise SystemExit(main())

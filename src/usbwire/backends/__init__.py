@@ -1,0 +1,1 @@
+"""Where URBs end up: emulated devices, libusb passthrough, the Linux usbip-host stub."""

@@ -1,0 +1,69 @@
+"""The interface between the server and whatever answers URBs: emulated or real devices.
+
+The server hands an :class:`Urb` to :meth:`ExportedDevice.submit` and writes back the
+:class:`UrbResult`. Cancelling the ``submit`` coroutine (task cancellation) is how an UNLINK
+reaches the device; a backend that talks to hardware cancels its transfer there.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from usbwire.protocol.constants import Direction, TransferType
+from usbwire.protocol.pdu import DeviceInfo, IsoPacket
+
+
+@dataclass(slots=True)
+class Urb:
+    """One transfer request as a device sees it: no seqnum, no devid, no wire format."""
+
+    ep: int
+    direction: Direction
+    transfer_type: TransferType
+    length: int
+    data: bytes = b""
+    setup: bytes = bytes(8)
+    flags: int = 0
+    interval: int = 0
+    start_frame: int = 0
+    iso_packets: tuple[IsoPacket, ...] = ()
+
+
+@dataclass(slots=True)
+class UrbResult:
+    """How a transfer ended. ``status`` is 0 or a negative Linux errno (-32 = stall)."""
+
+    status: int = 0
+    data: bytes = b""
+    # For OUT transfers the bytes the device accepted; IN transfers use len(data).
+    actual_length: int | None = None
+    start_frame: int = 0
+    iso_packets: tuple[IsoPacket, ...] = ()
+    error_count: int = 0
+
+
+class ExportedDevice(abc.ABC):
+    """A device the server can list and hand to one client at a time."""
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> DeviceInfo:
+        """The DEVLIST/IMPORT record, interfaces included."""
+
+    @abc.abstractmethod
+    def endpoint_type(self, ep: int, direction: Direction) -> TransferType | None:
+        """The transfer type of an endpoint in the active configuration; None if absent."""
+
+    async def open(self) -> None:
+        """A client imported the device."""
+
+    @abc.abstractmethod
+    async def submit(self, urb: Urb) -> UrbResult:
+        """Run one transfer to completion. Cancellation means UNLINK."""
+
+    async def reset(self) -> None:
+        """Reset the device (SET_FEATURE(PORT_RESET) through the hub)."""
+
+    async def close(self) -> None:
+        """The import ended (detach, disconnect or error): flush and release."""

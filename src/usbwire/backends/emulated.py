@@ -1,0 +1,81 @@
+"""Exports an emulated :class:`~usbwire.devices.Device` through the backend interface."""
+
+from __future__ import annotations
+
+from usbwire.backends.base import ExportedDevice, Urb, UrbResult
+from usbwire.devices.base import Device, endpoint_type
+from usbwire.devices.requests import Setup
+from usbwire.errors import Stall
+from usbwire.protocol.constants import Direction, Errno, Speed, TransferType, UrbFlag
+from usbwire.protocol.pdu import DeviceInfo, InterfaceInfo
+
+_EPIPE = UrbResult(status=-Errno.EPIPE)
+
+
+class EmulatedExport(ExportedDevice):
+    """An emulated device as the server sees it, at a fixed bus position."""
+
+    def __init__(self, device: Device, busid: str, busnum: int = 1, devnum: int = 2) -> None:
+        self.device = device
+        self.busid = busid
+        self.busnum = busnum
+        self.devnum = devnum
+
+    @property
+    def info(self) -> DeviceInfo:
+        d = self.device.descriptor
+        # Like a device just bound to usbip-host: listed with its first configuration's
+        # interfaces so clients can see what it is.
+        config = self.device.configuration or d.configurations[0]
+        interfaces = tuple(
+            InterfaceInfo(i.interface_class, i.interface_subclass, i.interface_protocol)
+            for number in config.interface_numbers
+            for i in config.alternates(number)[:1]
+        )
+        return DeviceInfo(
+            path=f"/sys/devices/platform/usbwire/usb{self.busnum}/{self.busid}",
+            busid=self.busid,
+            busnum=self.busnum,
+            devnum=self.devnum,
+            speed=Speed(min(self.device.speed, Speed.SUPER)),
+            idVendor=d.vendor_id,
+            idProduct=d.product_id,
+            bcdDevice=d.bcd_device,
+            bDeviceClass=d.device_class,
+            bDeviceSubClass=d.device_subclass,
+            bDeviceProtocol=d.device_protocol,
+            bConfigurationValue=self.device.configuration.value if self.device.configuration else 0,
+            bNumConfigurations=len(d.configurations),
+            bNumInterfaces=len(interfaces),
+            interfaces=interfaces,
+        )
+
+    def endpoint_type(self, ep: int, direction: Direction) -> TransferType | None:
+        return endpoint_type(self.device, ep, direction)
+
+    async def open(self) -> None:
+        self.device.reset()
+
+    async def submit(self, urb: Urb) -> UrbResult:
+        try:
+            if urb.transfer_type == TransferType.CONTROL:
+                data = await self.device.control(Setup.from_bytes(urb.setup), urb.data)
+            else:
+                endpoint = self.device.endpoint(urb.ep, urb.direction)
+                if endpoint is None:
+                    return _EPIPE
+                data = await self.device.transfer(endpoint, urb.data, urb.length)
+        except Stall:
+            return _EPIPE
+        if urb.direction == Direction.OUT:
+            return UrbResult(actual_length=urb.length)
+        if len(data) < urb.length and urb.flags & UrbFlag.SHORT_NOT_OK:
+            return UrbResult(status=-Errno.EREMOTEIO, data=data)
+        return UrbResult(data=data)
+
+    async def reset(self) -> None:
+        self.device.reset()
+
+    async def close(self) -> None:
+        await self.device.close()
+        self.device.reset()

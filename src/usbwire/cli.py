@@ -1,0 +1,227 @@
+"""The ``usbwire`` command: parses arguments, calls the library, prints. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import usbwire
+from usbwire import (
+    DEFAULT_CONTROL_PATH,
+    DEFAULT_PORT,
+    DeviceInfo,
+    Limits,
+    ServeOptions,
+    UsbwireError,
+)
+
+PROG = "usbwire"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except UsbwireError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"{PROG}: error: {error.strerror or error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="USB devices shared over TCP/IP (USB/IP, Linux-compatible)."
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {usbwire.__version__}")
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.set_defaults(verbose=0)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[verbose],
+        help="export devices to USB/IP clients",
+        description="Export devices to USB/IP clients (Linux usbip attach, usbipd-win, usbwire).",
+    )
+    serve.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        metavar="ADDR",
+        help="address to listen on (repeatable; default: every IPv4 and IPv6 address)",
+    )
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    serve.add_argument("--demo", action="store_true", help="export the built-in demo devices")
+    serve.add_argument(
+        "--control",
+        default=DEFAULT_CONTROL_PATH,
+        metavar="PATH",
+        help=f"control socket for 'usbwire status' (default {DEFAULT_CONTROL_PATH}; 'none': no socket)",
+    )
+    serve.add_argument(
+        "--max-in-flight", type=int, default=Limits().max_in_flight, help="URBs in flight per client"
+    )
+    serve.set_defaults(run=_serve)
+
+    listing = commands.add_parser(
+        "list",
+        parents=[verbose],
+        help="list the devices a server exports",
+        description="List exportable devices.",
+    )
+    listing.add_argument("-r", "--remote", required=True, metavar="HOST", help="server to ask")
+    listing.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(run=_list)
+
+    status = commands.add_parser(
+        "status", parents=[verbose], help="show a running server's exports and clients"
+    )
+    _control_argument(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(run=_status)
+
+    export = commands.add_parser(
+        "export", parents=[verbose], help="export another emulated device on a running server"
+    )
+    export.add_argument("device", help="device kind, e.g. loopback")
+    export.add_argument("-b", "--busid", help="busid to use (default: the next free 1-N)")
+    _control_argument(export)
+    export.set_defaults(run=_export)
+
+    unexport = commands.add_parser(
+        "unexport", parents=[verbose], help="stop exporting a device on a running server"
+    )
+    unexport.add_argument("-b", "--busid", required=True)
+    _control_argument(unexport)
+    unexport.set_defaults(run=_unexport)
+    return parser
+
+
+def _control_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--control",
+        default=DEFAULT_CONTROL_PATH,
+        metavar="PATH",
+        help="the server's control socket",
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.verbose == 0:
+        logging.getLogger().setLevel(logging.INFO)
+    options = ServeOptions(
+        hosts=args.hosts,
+        port=args.port,
+        control_path=None if args.control == "none" else args.control,
+        demo=args.demo,
+        limits=Limits(max_in_flight=args.max_in_flight),
+    )
+    asyncio.run(usbwire.serve(options))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    devices = asyncio.run(usbwire.list_devices(args.remote, args.port))
+    if args.json:
+        print(json.dumps([_device_json(d) for d in devices], indent=2))
+        return 0
+    if not devices:
+        print(f"{PROG}: info: no exportable devices found on {args.remote}", file=sys.stderr)
+        return 0
+    ids = usbwire.load_usb_ids()
+    print("Exportable USB devices")
+    print("======================")
+    print(f" - {args.remote}")
+    for device in devices:
+        print(f"{device.busid:>11}: {ids.product_text(device.idVendor, device.idProduct)}")
+        print(f"{'':>11}: {device.path}")
+        print(
+            f"{'':>11}: {ids.class_text(device.bDeviceClass, device.bDeviceSubClass, device.bDeviceProtocol)}"
+        )
+        for number, interface in enumerate(device.interfaces):
+            text = ids.class_text(
+                interface.bInterfaceClass,
+                interface.bInterfaceSubClass,
+                interface.bInterfaceProtocol,
+            )
+            print(f"{'':>11}: {number:2d} - {text}")
+        print()
+    return 0
+
+
+def _device_json(device: DeviceInfo) -> dict[str, Any]:
+    ids = usbwire.load_usb_ids()
+    return {
+        "busid": device.busid,
+        "path": device.path,
+        "busnum": device.busnum,
+        "devnum": device.devnum,
+        "speed": device.speed.name.lower(),
+        "vendor_id": f"{device.idVendor:04x}",
+        "product_id": f"{device.idProduct:04x}",
+        "vendor": ids.vendors.get(device.idVendor),
+        "product": ids.products.get((device.idVendor, device.idProduct)),
+        "bcd_device": f"{device.bcdDevice:04x}",
+        "class": [device.bDeviceClass, device.bDeviceSubClass, device.bDeviceProtocol],
+        "configuration": device.bConfigurationValue,
+        "num_configurations": device.bNumConfigurations,
+        "interfaces": [
+            [i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol] for i in device.interfaces
+        ],
+    }
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = usbwire.control_request(args.control, "status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"listening on {', '.join(status['listening'])}")
+    stats = status["stats"]
+    print(
+        f"connections so far {stats['connections']}, replies {stats['replies']}, "
+        f"protocol errors {stats['protocol_errors']}"
+    )
+    print("exports:")
+    for export in status["exports"]:
+        holder = f"imported by {export['imported_by']}" if export["imported_by"] else "available"
+        print(f"  {export['busid']:>8}  {export['vid_pid']}  {export['speed']:<6} {holder}")
+    if status["connections"]:
+        print("connections:")
+        for conn in status["connections"]:
+            print(
+                f"  {conn['peer']}  {conn['state']}  busid={conn['busid']}  "
+                f"urbs={conn['urbs']}  in flight={conn['in_flight']}"
+            )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    result = usbwire.control_request(args.control, "export", device=args.device, busid=args.busid)
+    print(f"exported {result['device']} as {result['busid']}")
+    return 0
+
+
+def _unexport(args: argparse.Namespace) -> int:
+    usbwire.control_request(args.control, "unexport", busid=args.busid)
+    print(f"unexported {args.busid}")
+    return 0

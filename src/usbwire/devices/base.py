@@ -1,0 +1,261 @@
+"""What every emulated device shares: descriptors, chapter 9 requests, endpoint state.
+
+A device subclass declares its descriptors and overrides the hooks it needs
+(``class_request``, ``handle_in``, ``handle_out``...). It never sees a socket, a seqnum or a
+PDU, so it can be driven by a plain ``asyncio.run`` in a test.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from usbwire.devices.descriptors import (
+    Configuration,
+    DescriptorSet,
+    DescriptorType,
+    DeviceDescriptor,
+    Endpoint,
+    Interface,
+)
+from usbwire.devices.requests import Feature, Recipient, RequestType, Setup, StandardRequest
+from usbwire.errors import Stall
+from usbwire.protocol.constants import Direction, Speed, TransferType
+
+
+class Device:
+    """An emulated USB device in its addressed or configured state."""
+
+    def __init__(self, descriptor: DeviceDescriptor, speed: Speed = Speed.HIGH) -> None:
+        self.descriptor = descriptor
+        self.speed = speed
+        self.descriptors = DescriptorSet(descriptor, speed)
+        self.descriptors.all_strings()
+        self.configuration: Configuration | None = None
+        self.alternates: dict[int, int] = {}
+        self.halted: set[int] = set()
+        self.remote_wakeup = False
+        self._endpoints: dict[int, Endpoint] = {}
+
+    # -- state -------------------------------------------------------------------------------
+
+    def endpoint(self, number: int, direction: Direction) -> Endpoint | None:
+        """The endpoint of the active configuration and alternate settings, if any."""
+        return self._endpoints.get(number | (0x80 if direction == Direction.IN else 0))
+
+    def interface(self, number: int) -> Interface | None:
+        if self.configuration is None:
+            return None
+        wanted = self.alternates.get(number, 0)
+        for interface in self.configuration.alternates(number):
+            if interface.alternate == wanted:
+                return interface
+        return None
+
+    def _rebuild_endpoints(self) -> None:
+        self._endpoints = {}
+        if self.configuration is None:
+            return
+        for number in self.configuration.interface_numbers:
+            interface = self.interface(number)
+            assert interface is not None
+            for endpoint in interface.endpoints:
+                self._endpoints[endpoint.address] = endpoint
+
+    def set_configuration(self, value: int) -> None:
+        if value == 0:
+            self.configuration = None
+        else:
+            for config in self.descriptor.configurations:
+                if config.value == value:
+                    self.configuration = config
+                    break
+            else:
+                raise Stall(f"no configuration {value}")
+        self.alternates = {}
+        self.halted.clear()
+        self._rebuild_endpoints()
+        self.on_configuration(self.configuration)
+
+    def set_interface(self, number: int, alternate: int) -> None:
+        if self.configuration is None:
+            raise Stall("SET_INTERFACE while unconfigured")
+        if not any(i.alternate == alternate for i in self.configuration.alternates(number)):
+            raise Stall(f"interface {number} has no alternate setting {alternate}")
+        self.alternates[number] = alternate
+        for address in [a for a in self.halted if a not in self._endpoints]:
+            self.halted.discard(address)
+        self._rebuild_endpoints()
+        for endpoint in self.interface(number).endpoints:  # type: ignore[union-attr]
+            self.halted.discard(endpoint.address)
+        self.on_interface(number, alternate)
+
+    def halt(self, endpoint: Endpoint) -> None:
+        """Stall ``endpoint`` until the host clears the halt (as a real device would)."""
+        self.halted.add(endpoint.address)
+
+    # -- transfers, as the backend calls them ---------------------------------------------------
+
+    async def control(self, setup: Setup, data: bytes) -> bytes:
+        """Answer one control transfer; raises Stall to refuse it."""
+        if setup.type == RequestType.STANDARD:
+            result = self.standard_request(setup, data)
+        else:
+            result = await self.class_request(setup, data)
+        if result is None:
+            return b""
+        return result[: setup.length] if setup.direction == Direction.IN else b""
+
+    async def transfer(self, endpoint: Endpoint, data: bytes, length: int) -> bytes:
+        """A bulk or interrupt transfer: OUT hands ``data`` over, IN returns up to ``length``."""
+        if endpoint.address in self.halted:
+            raise Stall(f"endpoint 0x{endpoint.address:02x} is halted")
+        if endpoint.direction == Direction.OUT:
+            await self.handle_out(endpoint, data)
+            return b""
+        return await self.handle_in(endpoint, length)
+
+    # -- hooks for subclasses ---------------------------------------------------------------
+
+    async def class_request(self, setup: Setup, data: bytes) -> bytes | None:
+        """Class and vendor requests. Return IN data, or None to acknowledge."""
+        raise Stall(f"unsupported request {setup}")
+
+    def descriptor_request(self, setup: Setup) -> bytes | None:
+        """Class-specific GET_DESCRIPTOR (e.g. a HID report descriptor); None stalls."""
+        return None
+
+    async def handle_out(self, endpoint: Endpoint, data: bytes) -> None:
+        raise Stall(f"endpoint 0x{endpoint.address:02x} takes no data")
+
+    async def handle_in(self, endpoint: Endpoint, length: int) -> bytes:
+        raise Stall(f"endpoint 0x{endpoint.address:02x} has no data")
+
+    def on_configuration(self, configuration: Configuration | None) -> None:
+        """Called after SET_CONFIGURATION."""
+
+    def on_interface(self, number: int, alternate: int) -> None:
+        """Called after SET_INTERFACE."""
+
+    def on_clear_halt(self, endpoint: Endpoint) -> None:
+        """Called after the host cleared a halt: reset the endpoint's state."""
+
+    def reset(self) -> None:
+        """A USB reset: back to the default, unconfigured state."""
+        self.set_configuration(0)
+
+    async def close(self) -> None:
+        """The import ended: make every accepted write durable, release resources."""
+
+    # -- chapter 9 ---------------------------------------------------------------------------
+
+    def standard_request(self, setup: Setup, data: bytes) -> bytes | None:
+        handler = _STANDARD.get((setup.request, setup.direction))
+        if handler is None:
+            raise Stall(f"unsupported standard request {setup}")
+        return handler(self, setup)
+
+    def _get_status(self, setup: Setup) -> bytes:
+        if setup.recipient == Recipient.DEVICE:
+            config = self.configuration or self.descriptor.configurations[0]
+            status = (1 if config.self_powered else 0) | (2 if self.remote_wakeup else 0)
+        elif setup.recipient == Recipient.INTERFACE:
+            if self.interface(setup.index & 0xFF) is None:
+                raise Stall(f"no interface {setup.index}")
+            status = 0
+        elif setup.recipient == Recipient.ENDPOINT:
+            status = 1 if self._addressed_endpoint(setup.index) in self.halted else 0
+        else:
+            raise Stall(f"GET_STATUS for recipient {setup.recipient}")
+        return struct.pack("<H", status)
+
+    def _addressed_endpoint(self, index: int) -> int:
+        address = index & 0x8F
+        if address & 0x0F and address not in self._endpoints:
+            raise Stall(f"no endpoint 0x{address:02x}")
+        return address
+
+    def _feature(self, setup: Setup, on: bool) -> None:
+        if setup.recipient == Recipient.ENDPOINT and setup.value == Feature.ENDPOINT_HALT:
+            address = self._addressed_endpoint(setup.index)
+            if address & 0x0F == 0:
+                return  # endpoint 0 halts only for the request that failed
+            endpoint = self._endpoints[address]
+            if on:
+                self.halted.add(address)
+            else:
+                self.halted.discard(address)
+                self.on_clear_halt(endpoint)
+        elif setup.recipient == Recipient.DEVICE and setup.value == Feature.DEVICE_REMOTE_WAKEUP:
+            self.remote_wakeup = on
+        else:
+            raise Stall(f"unsupported feature request {setup}")
+
+    def _get_descriptor(self, setup: Setup) -> bytes:
+        kind, index = setup.value >> 8, setup.value & 0xFF
+        answer: bytes | None
+        if setup.recipient != Recipient.DEVICE:
+            answer = self.descriptor_request(setup)
+        elif kind == DescriptorType.DEVICE:
+            answer = self.descriptors.device()
+        elif kind == DescriptorType.CONFIGURATION:
+            if index >= len(self.descriptor.configurations):
+                raise Stall(f"no configuration index {index}")
+            answer = self.descriptors.configuration(index)
+        elif kind == DescriptorType.STRING:
+            answer = self.descriptors.string(index)
+        elif kind == DescriptorType.DEVICE_QUALIFIER:
+            answer = self.descriptors.device_qualifier()
+        elif kind == DescriptorType.BOS:
+            answer = self.descriptors.bos()
+        else:
+            answer = self.descriptor_request(setup)
+        if answer is None:
+            raise Stall(f"no descriptor for {setup}")
+        return answer
+
+    def _get_configuration(self, setup: Setup) -> bytes:
+        return bytes([self.configuration.value if self.configuration else 0])
+
+    def _set_configuration(self, setup: Setup) -> None:
+        self.set_configuration(setup.value & 0xFF)
+
+    def _get_interface(self, setup: Setup) -> bytes:
+        if self.interface(setup.index & 0xFF) is None:
+            raise Stall(f"no interface {setup.index}")
+        return bytes([self.alternates.get(setup.index & 0xFF, 0)])
+
+    def _set_interface(self, setup: Setup) -> None:
+        self.set_interface(setup.index & 0xFF, setup.value & 0xFF)
+
+    def _set_address(self, setup: Setup) -> None:
+        # vhci completes SET_ADDRESS itself; a stray one is harmless to acknowledge.
+        return None
+
+
+def _clear_feature(device: Device, setup: Setup) -> None:
+    device._feature(setup, on=False)
+
+
+def _set_feature(device: Device, setup: Setup) -> None:
+    device._feature(setup, on=True)
+
+
+_STANDARD: dict[tuple[int, Direction], Callable[[Device, Setup], bytes | None]] = {
+    (StandardRequest.GET_STATUS, Direction.IN): Device._get_status,
+    (StandardRequest.CLEAR_FEATURE, Direction.OUT): _clear_feature,
+    (StandardRequest.SET_FEATURE, Direction.OUT): _set_feature,
+    (StandardRequest.SET_ADDRESS, Direction.OUT): Device._set_address,
+    (StandardRequest.GET_DESCRIPTOR, Direction.IN): Device._get_descriptor,
+    (StandardRequest.GET_CONFIGURATION, Direction.IN): Device._get_configuration,
+    (StandardRequest.SET_CONFIGURATION, Direction.OUT): Device._set_configuration,
+    (StandardRequest.GET_INTERFACE, Direction.IN): Device._get_interface,
+    (StandardRequest.SET_INTERFACE, Direction.OUT): Device._set_interface,
+}
+
+
+def endpoint_type(device: Device, number: int, direction: Direction) -> TransferType | None:
+    if number == 0:
+        return TransferType.CONTROL
+    endpoint = device.endpoint(number, direction)
+    return endpoint.transfer if endpoint else None

@@ -1,0 +1,65 @@
+"""The USB/IP wire protocol, sans I/O: bytes in, typed events out, and back."""
+
+from usbwire.protocol.codec import pack_iso_data, unpack_iso_data
+from usbwire.protocol.connection import ClientConnection, Connection, ServerConnection
+from usbwire.protocol.constants import (
+    DEFAULT_PORT,
+    USBIP_VERSION,
+    Command,
+    Direction,
+    Errno,
+    OpStatus,
+    Speed,
+    TransferType,
+    UrbFlag,
+)
+from usbwire.protocol.pdu import (
+    NEED_DATA,
+    CmdSubmit,
+    CmdUnlink,
+    ConnectionClosed,
+    DeviceInfo,
+    Event,
+    InterfaceInfo,
+    IsoPacket,
+    OpRepDevlist,
+    OpRepImport,
+    OpReqDevlist,
+    OpReqImport,
+    RetSubmit,
+    RetUnlink,
+)
+from usbwire.protocol.state import Role, State
+
+__all__ = [
+    "DEFAULT_PORT",
+    "NEED_DATA",
+    "USBIP_VERSION",
+    "ClientConnection",
+    "CmdSubmit",
+    "CmdUnlink",
+    "Command",
+    "Connection",
+    "ConnectionClosed",
+    "DeviceInfo",
+    "Direction",
+    "Errno",
+    "Event",
+    "InterfaceInfo",
+    "IsoPacket",
+    "OpRepDevlist",
+    "OpRepImport",
+    "OpReqDevlist",
+    "OpReqImport",
+    "OpStatus",
+    "RetSubmit",
+    "RetUnlink",
+    "Role",
+    "ServerConnection",
+    "Speed",
+    "State",
+    "TransferType",
+    "UrbFlag",
+    "pack_iso_data",
+    "unpack_iso_data",
+]

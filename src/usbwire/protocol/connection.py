@@ -1,0 +1,315 @@
+"""Sans-I/O USB/IP connections: feed bytes in, take events out; give events, get bytes.
+
+Nothing here touches a socket. ``ServerConnection`` and ``ClientConnection`` share the state
+machine of ``state.py`` and differ in what they read and what they remember: a server must know
+which endpoints are isochronous to parse CMD_SUBMIT, a client must remember each outstanding
+CMD_SUBMIT to parse its RET_SUBMIT (which carries neither direction nor endpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from usbwire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from usbwire.protocol import codec
+from usbwire.protocol.codec import Outstanding, SubmitLimits
+from usbwire.protocol.constants import Direction, Errno
+from usbwire.protocol.pdu import (
+    NEED_DATA,
+    CmdSubmit,
+    CmdUnlink,
+    ConnectionClosed,
+    Event,
+    OpRepDevlist,
+    OpRepImport,
+    OpReqDevlist,
+    OpReqImport,
+    RetSubmit,
+    RetUnlink,
+    _NeedData,
+)
+from usbwire.protocol.state import SENDER, Role, State, next_state
+
+DEFAULT_MAX_TRANSFER = 16 * 1024 * 1024
+
+_ENCODERS: dict[type[Event], Callable[[object], bytes]] = {
+    OpReqDevlist: codec.encode_op_req_devlist,  # type: ignore[dict-item]
+    OpRepDevlist: codec.encode_op_rep_devlist,  # type: ignore[dict-item]
+    OpReqImport: codec.encode_op_req_import,  # type: ignore[dict-item]
+    OpRepImport: codec.encode_op_rep_import,  # type: ignore[dict-item]
+    CmdSubmit: codec.encode_cmd_submit,  # type: ignore[dict-item]
+    RetSubmit: codec.encode_ret_submit,  # type: ignore[dict-item]
+    CmdUnlink: codec.encode_cmd_unlink,  # type: ignore[dict-item]
+    RetUnlink: codec.encode_ret_unlink,  # type: ignore[dict-item]
+}
+
+NextEvent = Event | ConnectionClosed | _NeedData
+
+
+class Connection:
+    """What both roles share: the receive buffer, the state and the error latch."""
+
+    role: Role
+
+    def __init__(self) -> None:
+        self.state = State.OP_REQUEST
+        self._buffer = bytearray()
+        self._position = 0
+        self._eof = False
+        self._error: ProtocolError | None = None
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes from the peer; ``b""`` means the peer closed its end."""
+        if not data:
+            self._eof = True
+            return
+        if self._position and self._position * 2 >= len(self._buffer):
+            # Drop consumed bytes once they are half the buffer: amortised O(1) per byte.
+            del self._buffer[: self._position]
+            self._position = 0
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into events."""
+        return len(self._buffer) - self._position
+
+    def next_event(self) -> NextEvent:
+        """The next complete event, ``NEED_DATA``, or ``ConnectionClosed`` after a clean EOF."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except ProtocolError as error:
+            remote = (
+                error
+                if isinstance(error, RemoteProtocolError)
+                else RemoteProtocolError(str(error), field=error.field, value=error.value)
+            )
+            self._error = remote
+            raise remote from None
+
+    def _next_event(self) -> NextEvent:
+        reader = self._reader()
+        if self._position == len(self._buffer):
+            return ConnectionClosed() if self._eof else NEED_DATA
+        if reader is None:
+            if self.state is State.DONE:
+                raise RemoteProtocolError(
+                    f"{self.buffered} bytes after the end of the exchange",
+                    field="state",
+                    value=self.state.name,
+                )
+            # Our own reply is due first; the bytes wait in the buffer.
+            return NEED_DATA
+        with memoryview(self._buffer) as whole, whole[self._position :] as view:
+            result = reader(view)
+        if result is None:
+            if self._eof:
+                raise RemoteProtocolError(
+                    f"connection closed inside a PDU ({self.buffered} bytes of it arrived)",
+                    field="length",
+                    value=self.buffered,
+                )
+            return NEED_DATA
+        event, size = result
+        self._position += size
+        assert isinstance(event, _EVENT_TYPES)
+        self._received(event)
+        self.state = next_state(self.state, event)
+        return event
+
+    def send(self, event: Event) -> bytes:
+        """Bytes for ``event``; raises LocalProtocolError if it may not be sent now."""
+        if SENDER[type(event)] is not self.role:
+            raise LocalProtocolError(
+                f"a {self.role.value} does not send {type(event).__name__}",
+                field="role",
+                value=self.role.value,
+            )
+        state = next_state(self.state, event)
+        self._sending(event)
+        self.state = state
+        return _ENCODERS[type(event)](event)
+
+    def _reader(self) -> Callable[[memoryview], codec.Read] | None:
+        raise NotImplementedError
+
+    def _received(self, event: Event) -> None:
+        raise NotImplementedError
+
+    def _sending(self, event: Event) -> None:
+        raise NotImplementedError
+
+
+_EVENT_TYPES = tuple(_ENCODERS)
+
+
+class ServerConnection(Connection):
+    """The exporting side: reads OP requests and commands, sends replies."""
+
+    role = Role.SERVER
+
+    def __init__(
+        self,
+        *,
+        max_transfer: int = DEFAULT_MAX_TRANSFER,
+        is_iso: Callable[[int, Direction], bool] = lambda ep, direction: False,
+    ) -> None:
+        super().__init__()
+        self.max_transfer = max_transfer
+        # Called with (endpoint number, direction) for every CMD_SUBMIT: only the device's
+        # active configuration tells whether iso descriptors follow.
+        self.is_iso = is_iso
+        self.devid: int | None = None
+        self._outstanding: dict[int, Outstanding] = {}
+        self._unlinks: dict[int, int] = {}
+
+    @property
+    def outstanding(self) -> int:
+        """CMD_SUBMITs received and not yet answered."""
+        return len(self._outstanding)
+
+    def _reader(self) -> Callable[[memoryview], codec.Read] | None:
+        if self.state is State.OP_REQUEST:
+            return codec.read_op_request
+        if self.state is State.URB:
+            assert self.devid is not None
+            limits = SubmitLimits(self.max_transfer, self.devid, self.is_iso)
+            return lambda buf: codec.read_cmd(buf, limits)
+        return None
+
+    def _received(self, event: Event) -> None:
+        if isinstance(event, CmdSubmit):
+            if event.seqnum in self._outstanding:
+                raise RemoteProtocolError(
+                    f"seqnum {event.seqnum} is already in flight",
+                    field="seqnum",
+                    value=event.seqnum,
+                )
+            self._outstanding[event.seqnum] = Outstanding(
+                event.direction, event.transfer_buffer_length, event.number_of_packets, event.is_iso
+            )
+        elif isinstance(event, CmdUnlink):
+            self._unlinks[event.seqnum] = event.unlink_seqnum
+
+    def _sending(self, event: Event) -> None:
+        if isinstance(event, OpRepImport) and event.device is not None:
+            self.devid = event.device.devid
+        elif isinstance(event, RetSubmit):
+            request = self._outstanding.get(event.seqnum)
+            if request is None:
+                raise LocalProtocolError(
+                    f"no CMD_SUBMIT {event.seqnum} is waiting for an answer",
+                    field="seqnum",
+                    value=event.seqnum,
+                )
+            _check_answer(event, request)
+            del self._outstanding[event.seqnum]
+        elif isinstance(event, RetUnlink):
+            target = self._unlinks.get(event.seqnum)
+            if target is None:
+                raise LocalProtocolError(
+                    f"no CMD_UNLINK {event.seqnum} is waiting for an answer",
+                    field="seqnum",
+                    value=event.seqnum,
+                )
+            in_flight = target in self._outstanding
+            if event.status == 0 and in_flight:
+                # The client would complete its URB as a success with no data.
+                raise LocalProtocolError(
+                    f"RET_UNLINK status 0 while CMD_SUBMIT {target} is unanswered",
+                    field="status",
+                    value=event.status,
+                )
+            if event.status != 0 and not in_flight:
+                raise LocalProtocolError(
+                    f"CMD_SUBMIT {target} was already answered; RET_UNLINK status must be 0",
+                    field="status",
+                    value=event.status,
+                )
+            del self._unlinks[event.seqnum]
+            self._outstanding.pop(target, None)
+
+    def cancelled(self, unlink_seqnum: int) -> RetUnlink:
+        """The RET_UNLINK for a CMD_UNLINK whose target was cancelled before completing."""
+        return RetUnlink(seqnum=unlink_seqnum, status=-Errno.ECONNRESET)
+
+
+def _check_answer(ret: RetSubmit, request: Outstanding) -> None:
+    if ret.actual_length > request.transfer_buffer_length:
+        raise LocalProtocolError(
+            f"actual_length={ret.actual_length} exceeds the {request.transfer_buffer_length}-byte buffer",
+            field="actual_length",
+            value=ret.actual_length,
+        )
+    if request.direction == Direction.OUT and ret.data:
+        raise LocalProtocolError(
+            "an OUT transfer is answered without data", field="data", value=len(ret.data)
+        )
+    if request.direction == Direction.IN and len(ret.data) != ret.actual_length:
+        raise LocalProtocolError(
+            f"{len(ret.data)} IN bytes but actual_length={ret.actual_length}",
+            field="data",
+            value=len(ret.data),
+        )
+    if request.iso and ret.number_of_packets > request.number_of_packets:
+        raise LocalProtocolError(
+            f"{ret.number_of_packets} iso packets, {request.number_of_packets} were submitted",
+            field="number_of_packets",
+            value=ret.number_of_packets,
+        )
+    if request.iso != bool(ret.iso_packets) and request.number_of_packets:
+        raise LocalProtocolError(
+            "iso descriptors go exactly with iso requests",
+            field="iso_packets",
+            value=len(ret.iso_packets),
+        )
+
+
+class ClientConnection(Connection):
+    """The importing side: sends requests and commands, reads replies."""
+
+    role = Role.CLIENT
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._outstanding: dict[int, Outstanding] = {}
+        self._unlinks: dict[int, int] = {}
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._outstanding)
+
+    def _reader(self) -> Callable[[memoryview], codec.Read] | None:
+        if self.state is State.DEVLIST_REPLY:
+            return codec.read_op_rep_devlist
+        if self.state is State.IMPORT_REPLY:
+            return codec.read_op_rep_import
+        if self.state is State.URB:
+            return lambda buf: codec.read_ret(buf, self._outstanding.get)
+        return None
+
+    def _received(self, event: Event) -> None:
+        if isinstance(event, RetSubmit):
+            del self._outstanding[event.seqnum]
+        elif isinstance(event, RetUnlink):
+            target = self._unlinks.pop(event.seqnum, None)
+            if target is not None and event.status != 0:
+                # The URB ended by the unlink: no RET_SUBMIT will follow for it.
+                self._outstanding.pop(target, None)
+
+    def _sending(self, event: Event) -> None:
+        if isinstance(event, CmdSubmit):
+            if event.seqnum in self._outstanding or event.seqnum in self._unlinks:
+                raise LocalProtocolError(
+                    f"seqnum {event.seqnum} is already in use", field="seqnum", value=event.seqnum
+                )
+            self._outstanding[event.seqnum] = Outstanding(
+                event.direction,
+                event.transfer_buffer_length,
+                event.number_of_packets,
+                event.is_iso,
+            )
+        elif isinstance(event, CmdUnlink):
+            self._unlinks[event.seqnum] = event.unlink_seqnum

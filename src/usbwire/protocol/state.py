@@ -1,0 +1,77 @@
+"""Which PDU may come next: the whole USB/IP connection state machine in one table.
+
+Both roles walk the same states; a role may only *send* the PDUs its side originates
+(requests and commands come from the client, replies from the server). Anything else is a
+protocol error and leaves the state untouched.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from usbwire.errors import LocalProtocolError
+from usbwire.protocol.constants import OpStatus
+from usbwire.protocol.pdu import (
+    CmdSubmit,
+    CmdUnlink,
+    Event,
+    OpRepDevlist,
+    OpRepImport,
+    OpReqDevlist,
+    OpReqImport,
+    RetSubmit,
+    RetUnlink,
+)
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    OP_REQUEST = "waiting for an OP request"
+    DEVLIST_REPLY = "waiting for OP_REP_DEVLIST"
+    IMPORT_REPLY = "waiting for OP_REP_IMPORT"
+    URB = "exchanging URBs"
+    DONE = "done"
+
+
+SENDER: dict[type[Event], Role] = {
+    OpReqDevlist: Role.CLIENT,
+    OpReqImport: Role.CLIENT,
+    CmdSubmit: Role.CLIENT,
+    CmdUnlink: Role.CLIENT,
+    OpRepDevlist: Role.SERVER,
+    OpRepImport: Role.SERVER,
+    RetSubmit: Role.SERVER,
+    RetUnlink: Role.SERVER,
+}
+
+# (state, event type) -> next state. OP_REP_IMPORT is resolved by its status below.
+TRANSITIONS: dict[tuple[State, type[Event]], State] = {
+    (State.OP_REQUEST, OpReqDevlist): State.DEVLIST_REPLY,
+    (State.OP_REQUEST, OpReqImport): State.IMPORT_REPLY,
+    (State.DEVLIST_REPLY, OpRepDevlist): State.DONE,
+    (State.IMPORT_REPLY, OpRepImport): State.URB,
+    (State.URB, CmdSubmit): State.URB,
+    (State.URB, CmdUnlink): State.URB,
+    (State.URB, RetSubmit): State.URB,
+    (State.URB, RetUnlink): State.URB,
+}
+
+
+def next_state(state: State, event: Event) -> State:
+    """The state after ``event``; raises LocalProtocolError if it may not come now."""
+    try:
+        after = TRANSITIONS[state, type(event)]
+    except KeyError:
+        raise LocalProtocolError(
+            f"{type(event).__name__} may not come while {state.value}",
+            field="state",
+            value=state.name,
+        ) from None
+    if isinstance(event, OpRepImport) and event.status != OpStatus.OK:
+        # A refused import ends the connection, as usbipd does.
+        return State.DONE
+    return after

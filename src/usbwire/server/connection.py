@@ -1,0 +1,230 @@
+"""One TCP connection of the server, as an asyncio Protocol.
+
+Bytes go into a sans-I/O :class:`ServerConnection`; events come out and are answered. Every
+reply produced while handling one ``data_received`` (and every reply of URBs completing in the
+same loop iteration) leaves in a single ``transport.write``: one syscall for a burst of URBs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from usbwire.errors import ProtocolError
+from usbwire.protocol.connection import ServerConnection
+from usbwire.protocol.constants import Direction, OpStatus, TransferType
+from usbwire.protocol.pdu import (
+    NEED_DATA,
+    CmdSubmit,
+    CmdUnlink,
+    ConnectionClosed,
+    OpRepDevlist,
+    OpRepImport,
+    OpReqDevlist,
+    OpReqImport,
+)
+from usbwire.protocol.state import State
+from usbwire.server.dispatch import Dispatcher
+
+if TYPE_CHECKING:
+    from usbwire.backends.base import ExportedDevice
+    from usbwire.server.server import Server
+
+log = logging.getLogger("usbwire.server")
+
+
+class UsbipProtocol(asyncio.Protocol):
+    """Serves one client: a DEVLIST, a refused IMPORT, or a whole import session."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.conn = ServerConnection(max_transfer=server.limits.max_transfer)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.busid: str | None = None
+        self.device: ExportedDevice | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._closing = False
+
+    # -- asyncio callbacks ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = _format_peer(peer)
+        self.server.connection_opened(self)
+        log.debug("%s connected", self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_data(b"")
+        self._process()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+        if self.busid is not None:
+            log.info("%s released %s (%s)", self.peer, self.busid, exc or "connection closed")
+            self._release()
+        self.server.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop taking new requests until it does.
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        conn = self.conn
+        while not self._closing:
+            try:
+                event = conn.next_event()
+            except ProtocolError as error:
+                self.server.stats.protocol_errors += 1
+                self._abort(f"protocol error: {error}")
+                return
+            if event is NEED_DATA:
+                break
+            if isinstance(event, CmdSubmit):
+                self.dispatcher.submit(event)  # type: ignore[union-attr]
+            elif isinstance(event, CmdUnlink):
+                self.dispatcher.unlink(event)  # type: ignore[union-attr]
+            elif isinstance(event, OpReqDevlist):
+                self._devlist()
+            elif isinstance(event, OpReqImport):
+                self._import(event.busid)
+            elif isinstance(event, ConnectionClosed):
+                self._close("client closed the connection" if self.busid else None)
+                return
+        self._flush()
+        self._update_reading()
+
+    def _devlist(self) -> None:
+        devices = self.server.registry.available()
+        self.send(self.conn.send(OpRepDevlist(devices=tuple(devices))))
+        log.info("%s listed %d device(s)", self.peer, len(devices))
+        self._close(None)
+
+    def _import(self, busid: str) -> None:
+        claimed = self.server.registry.claim(busid, self)
+        if isinstance(claimed, OpStatus):
+            log.info("%s import of %r refused: %s", self.peer, busid, claimed.text)
+            self.send(self.conn.send(OpRepImport(status=claimed)))
+            self._close(None)
+            return
+        self.busid = busid
+        self.device = claimed
+        asyncio.get_running_loop().create_task(self._open(claimed))
+
+    async def _open(self, device: ExportedDevice) -> None:
+        try:
+            await device.open()
+        except Exception as error:
+            log.error("%s import of %s failed: %s", self.peer, self.busid, error)
+            self._release()
+            if not self._closing:
+                self.send(self.conn.send(OpRepImport(status=OpStatus.DEV_ERR)))
+                self._close(None)
+            return
+        if self._closing:
+            self._release()
+            return
+        self.conn.is_iso = lambda ep, direction: _is_iso(device, ep, direction)
+        self.dispatcher = Dispatcher(device, self.conn, self.send, self._update_reading)
+        self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=device.info)))
+        log.info("%s imported %s", self.peer, self.busid)
+        self._process()  # URBs may already be waiting in the buffer
+
+    def device_removed(self) -> None:
+        """The registry dropped our device (unexport, unplug): end the import."""
+        self._abort("device removed")
+
+    # -- output and flow control ------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self._out.append(data)
+        self.server.stats.replies += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            out = self._out
+            self._out = []
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self._closing:
+            return
+        in_flight = self.dispatcher.in_flight if self.dispatcher else 0
+        busy = self._writing_paused or in_flight >= self.server.limits.max_in_flight
+        if busy and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        elif not busy and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _close(self, reason: str | None) -> None:
+        if reason:
+            log.info("%s: %s", self.peer, reason)
+        self._closing = True
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _abort(self, reason: str) -> None:
+        log.warning("%s: %s; closing", self.peer, reason)
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _release(self) -> None:
+        if self.busid is None or self.device is None:
+            return
+        busid, device = self.busid, self.device
+        self.busid = None
+        self.server.registry.release(busid, self)
+        self.server.spawn(device.close())
+
+    def status(self) -> dict[str, object]:
+        return {
+            "peer": self.peer,
+            "busid": self.busid,
+            "state": self.conn.state.value if self.conn.state is not State.URB else "importing",
+            "urbs": self.dispatcher.urbs if self.dispatcher else 0,
+            "in_flight": self.dispatcher.in_flight if self.dispatcher else 0,
+        }
+
+
+def _is_iso(device: ExportedDevice, ep: int, direction: Direction) -> bool:
+    return device.endpoint_type(ep, direction) == TransferType.ISOCHRONOUS
+
+
+def _format_peer(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer or "local")

@@ -1,0 +1,215 @@
+"""Runs the URBs of one import: per-endpoint order, many endpoints at once, UNLINK.
+
+Each endpoint has a FIFO; its head runs, the rest wait, so a pending bulk IN never blocks
+another endpoint and transfers on one endpoint complete in submission order, as on a real
+bus. A head runs *eagerly*: its coroutine starts inline and, if it finishes without
+suspending (the common case for emulated devices), the reply is produced without creating a
+Task. Only a transfer that really waits gets a Task, which UNLINK can cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import types
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+from usbwire.backends.base import ExportedDevice, Urb, UrbResult
+from usbwire.protocol.connection import ServerConnection
+from usbwire.protocol.constants import Direction, Errno, TransferType
+from usbwire.protocol.pdu import CmdSubmit, CmdUnlink, IsoPacket, RetSubmit, RetUnlink
+
+log = logging.getLogger("usbwire.server")
+
+_STALL = UrbResult(status=-Errno.EPIPE)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, UrbResult], yielded: object) -> Generator[object, object, UrbResult]:
+    """Continue a coroutine that was started inline and suspended, under a Task."""
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as error:
+            try:
+                yielded = coro.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+        else:
+            try:
+                yielded = coro.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+
+async def _finish(coro: Coroutine[Any, Any, UrbResult], yielded: object) -> UrbResult:
+    return await _resume(coro, yielded)
+
+
+class Dispatcher:
+    """Turns CMD_SUBMIT/CMD_UNLINK into device calls and RET_* bytes for ``send``."""
+
+    def __init__(
+        self,
+        device: ExportedDevice,
+        connection: ServerConnection,
+        send: Callable[[bytes], None],
+        on_idle: Callable[[], None],
+    ) -> None:
+        self.device = device
+        self.connection = connection
+        self.send = send
+        self.on_idle = on_idle  # called when in-flight work drops, to resume reading
+        self.urbs = 0
+        self._queues: dict[int, deque[CmdSubmit]] = {}
+        self._endpoint_of: dict[int, int] = {}  # seqnum -> endpoint key
+        self._tasks: dict[int, asyncio.Task[UrbResult]] = {}
+        self._unlinks: dict[int, int] = {}  # target seqnum -> CMD_UNLINK seqnum
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._endpoint_of)
+
+    def submit(self, cmd: CmdSubmit) -> None:
+        key = cmd.ep if cmd.ep == 0 else cmd.ep | (cmd.direction << 7)
+        self._endpoint_of[cmd.seqnum] = key
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        queue.append(cmd)
+        if len(queue) == 1:
+            self._run(key, queue)
+
+    def unlink(self, cmd: CmdUnlink) -> None:
+        target = cmd.unlink_seqnum
+        key = self._endpoint_of.get(target)
+        if key is None:
+            # Already answered (or never seen): the kernel's stub says 0.
+            self.send(self.connection.send(RetUnlink(seqnum=cmd.seqnum, status=0)))
+            return
+        task = self._tasks.get(target)
+        if task is not None:
+            self._unlinks[target] = cmd.seqnum
+            task.cancel()
+            return
+        queue = self._queues[key]
+        queue.remove(next(c for c in queue if c.seqnum == target))
+        del self._endpoint_of[target]
+        self.send(self.connection.send(self.connection.cancelled(cmd.seqnum)))
+        self.on_idle()
+
+    def close(self) -> None:
+        """The connection is gone: cancel everything still running."""
+        self._closed = True
+        for task in self._tasks.values():
+            task.cancel()
+        self._queues.clear()
+        self._endpoint_of.clear()
+
+    def _run(self, key: int, queue: deque[CmdSubmit]) -> None:
+        while queue and not self._closed:
+            cmd = queue[0]
+            coro = self._start(cmd)
+            if coro is None:
+                result = _STALL
+            else:
+                try:
+                    yielded = coro.send(None)
+                except StopIteration as stop:
+                    result = stop.value
+                except Exception as error:
+                    result = self._failed(cmd, error)
+                else:
+                    task = asyncio.get_running_loop().create_task(_finish(coro, yielded))
+                    self._tasks[cmd.seqnum] = task
+                    task.add_done_callback(functools.partial(self._task_done, key, cmd))
+                    return
+            queue.popleft()
+            self._reply(cmd, result)
+
+    def _start(self, cmd: CmdSubmit) -> Coroutine[Any, Any, UrbResult] | None:
+        transfer = self.device.endpoint_type(cmd.ep, cmd.direction)
+        if transfer is None:
+            log.debug("URB %d for endpoint %d not in the active configuration", cmd.seqnum, cmd.ep)
+            return None
+        if transfer in (TransferType.INTERRUPT, TransferType.ISOCHRONOUS) and cmd.interval <= 0:
+            # The server's USB core refuses such URBs with -EINVAL.
+            log.debug("URB %d with interval %d", cmd.seqnum, cmd.interval)
+        urb = Urb(
+            ep=cmd.ep,
+            direction=cmd.direction,
+            transfer_type=transfer,
+            length=cmd.transfer_buffer_length,
+            data=cmd.data,
+            setup=cmd.setup,
+            flags=cmd.transfer_flags,
+            interval=cmd.interval,
+            start_frame=cmd.start_frame,
+            iso_packets=cmd.iso_packets,
+        )
+        return self.device.submit(urb)
+
+    def _failed(self, cmd: CmdSubmit, error: BaseException) -> UrbResult:
+        log.error("device %s failed URB %d: %r", self.device.info.busid, cmd.seqnum, error)
+        return UrbResult(status=-Errno.EPROTO)
+
+    def _task_done(self, key: int, cmd: CmdSubmit, task: asyncio.Task[UrbResult]) -> None:
+        self._tasks.pop(cmd.seqnum, None)
+        if self._closed:
+            return
+        queue = self._queues[key]
+        queue.popleft()
+        unlink_seqnum = self._unlinks.pop(cmd.seqnum, None)
+        if unlink_seqnum is not None:
+            # Cancelled by UNLINK: only a RET_UNLINK, never a RET_SUBMIT (the client forgot it).
+            if not task.cancelled() and task.exception() is not None:
+                self._failed(cmd, task.exception())  # type: ignore[arg-type]
+            del self._endpoint_of[cmd.seqnum]
+            self.send(self.connection.send(self.connection.cancelled(unlink_seqnum)))
+        elif task.cancelled():
+            self._reply(cmd, UrbResult(status=-Errno.ECONNRESET))
+        elif (error := task.exception()) is not None:
+            self._reply(cmd, self._failed(cmd, error))
+        else:
+            self._reply(cmd, task.result())
+        self._run(key, queue)
+
+    def _reply(self, cmd: CmdSubmit, result: UrbResult) -> None:
+        del self._endpoint_of[cmd.seqnum]
+        self.urbs += 1
+        data = result.data if cmd.direction == Direction.IN else b""
+        if result.iso_packets:
+            actual = sum(p.actual_length for p in result.iso_packets)
+        elif cmd.direction == Direction.IN:
+            actual = len(data)
+        else:
+            actual = result.actual_length if result.actual_length is not None else 0
+        iso_packets = result.iso_packets
+        if cmd.iso_packets and not iso_packets:
+            # A failed iso URB still reports every packet, each with the URB's status.
+            failed = result.status or -Errno.EXDEV
+            iso_packets = tuple(IsoPacket(p.offset, p.length, 0, failed) for p in cmd.iso_packets)
+        if len(data) > cmd.transfer_buffer_length:
+            # A device answering more than was asked is babble.
+            data, actual, status = b"", 0, -Errno.EOVERFLOW
+        else:
+            status = result.status
+        self.send(
+            self.connection.send(
+                RetSubmit(
+                    seqnum=cmd.seqnum,
+                    status=status,
+                    actual_length=actual,
+                    start_frame=result.start_frame if cmd.iso_packets else cmd.start_frame,
+                    number_of_packets=len(iso_packets) if cmd.iso_packets else cmd.number_of_packets,
+                    error_count=result.error_count,
+                    data=data,
+                    iso_packets=iso_packets,
+                )
+            )
+        )
+        self.on_idle()

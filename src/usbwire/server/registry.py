@@ -1,0 +1,72 @@
+"""Which devices are exported, and which connection holds each one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Protocol
+
+from usbwire.backends.base import ExportedDevice
+from usbwire.protocol.constants import OpStatus
+from usbwire.protocol.pdu import DeviceInfo
+
+log = logging.getLogger("usbwire.server")
+
+
+class Holder(Protocol):
+    """A connection that imported a device; told when the device goes away under it."""
+
+    def device_removed(self) -> None: ...
+
+
+class Registry:
+    """Exports by busid; a device is held by at most one importing connection."""
+
+    def __init__(self) -> None:
+        self._exports: dict[str, ExportedDevice] = {}
+        self._holders: dict[str, Holder] = {}
+
+    def add(self, device: ExportedDevice) -> None:
+        busid = device.info.busid
+        if busid in self._exports:
+            raise ValueError(f"busid {busid} is already exported")
+        self._exports[busid] = device
+        log.info("exporting %s (%04x:%04x)", busid, device.info.idVendor, device.info.idProduct)
+
+    def remove(self, busid: str) -> ExportedDevice:
+        """Stop exporting; the connection holding the device (if any) is closed."""
+        device = self._exports.pop(busid)
+        holder = self._holders.pop(busid, None)
+        if holder is not None:
+            holder.device_removed()
+        log.info("no longer exporting %s", busid)
+        return device
+
+    def __contains__(self, busid: str) -> bool:
+        return busid in self._exports
+
+    def __iter__(self) -> Iterator[ExportedDevice]:
+        return iter(list(self._exports.values()))
+
+    def get(self, busid: str) -> ExportedDevice | None:
+        return self._exports.get(busid)
+
+    def holder(self, busid: str) -> Holder | None:
+        return self._holders.get(busid)
+
+    def available(self) -> list[DeviceInfo]:
+        """What DEVLIST shows: like usbipd, devices in use are left out."""
+        return [d.info for busid, d in self._exports.items() if busid not in self._holders]
+
+    def claim(self, busid: str, holder: Holder) -> ExportedDevice | OpStatus:
+        device = self._exports.get(busid)
+        if device is None:
+            return OpStatus.NODEV
+        if busid in self._holders:
+            return OpStatus.DEV_BUSY
+        self._holders[busid] = holder
+        return device
+
+    def release(self, busid: str, holder: Holder) -> None:
+        if self._holders.get(busid) is holder:
+            del self._holders[busid]

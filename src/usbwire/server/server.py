@@ -1,0 +1,124 @@
+"""The USB/IP server: listening sockets, the export registry, live connections, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Coroutine, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from usbwire.protocol.connection import DEFAULT_MAX_TRANSFER
+from usbwire.protocol.constants import DEFAULT_PORT
+from usbwire.server.connection import UsbipProtocol
+from usbwire.server.registry import Registry
+
+log = logging.getLogger("usbwire.server")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may make the server hold."""
+
+    # URBs accepted but not yet answered, per connection; past it the server stops reading.
+    max_in_flight: int = 256
+    max_transfer: int = DEFAULT_MAX_TRANSFER
+
+
+@dataclass(slots=True)
+class Stats:
+    connections: int = 0
+    replies: int = 0
+    protocol_errors: int = 0
+
+
+@dataclass
+class Server:
+    """Exports the devices of ``registry`` to USB/IP clients."""
+
+    registry: Registry = field(default_factory=Registry)
+    limits: Limits = field(default_factory=Limits)
+    stats: Stats = field(default_factory=Stats)
+
+    def __post_init__(self) -> None:
+        self._servers: list[asyncio.base_events.Server] = []
+        self._connections: set[UsbipProtocol] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def start(self, host: str | Sequence[str] | None = None, port: int = DEFAULT_PORT) -> None:
+        """Listen on ``host`` (all IPv4 and IPv6 addresses when None)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: UsbipProtocol(self), host=host, port=port, reuse_address=True
+        )
+        self._servers.append(server)
+        for sock in server.sockets:
+            log.info("listening on %s", _address(sock))
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [sock.getsockname()[:2] for s in self._servers for sock in s.sockets]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    async def serve_forever(self) -> None:
+        await asyncio.gather(*(s.serve_forever() for s in self._servers))
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        # Let device close() calls (storage flushes) finish before we return.
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def connection_opened(self, connection: UsbipProtocol) -> None:
+        self.stats.connections += 1
+        self._connections.add(connection)
+
+    def connection_closed(self, connection: UsbipProtocol) -> None:
+        self._connections.discard(connection)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run background work that must finish even if nobody awaits it."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+
+    def status(self) -> dict[str, Any]:
+        exports = []
+        for device in self.registry:
+            info = device.info
+            holder = self.registry.holder(info.busid)
+            exports.append(
+                {
+                    "busid": info.busid,
+                    "vid_pid": f"{info.idVendor:04x}:{info.idProduct:04x}",
+                    "speed": info.speed.name.lower(),
+                    "imported_by": getattr(holder, "peer", None),
+                }
+            )
+        return {
+            "listening": [f"{h}:{p}" for h, p in self.addresses],
+            "exports": exports,
+            "connections": [c.status() for c in self._connections],
+            "stats": asdict(self.stats),
+        }
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed: %r", task.exception())

@@ -1,0 +1,60 @@
+"""``usbwire serve``: a server, its control socket and its exports, until a signal stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from usbwire import demo
+from usbwire.backends.base import ExportedDevice
+from usbwire.protocol.constants import DEFAULT_PORT
+from usbwire.server.control import DEFAULT_CONTROL_PATH, ControlServer
+from usbwire.server.server import Limits, Server
+
+log = logging.getLogger("usbwire")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    hosts: Sequence[str] | None = None
+    port: int = DEFAULT_PORT
+    control_path: str | None = DEFAULT_CONTROL_PATH
+    demo: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+
+async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
+    server = Server(limits=options.limits)
+    exports: list[ExportedDevice] = list(demo.demo_exports())
+    if not options.demo:
+        log.info("no devices configured: serving the demo devices")
+    for export in exports:
+        server.registry.add(export)
+    await server.start(list(options.hosts) if options.hosts else None, options.port)
+    control = None
+    if options.control_path:
+        control = ControlServer(server, options.control_path)
+        demo.add_export_command(control, server.registry)
+        await control.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    if started is not None:
+        started.set()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+        if control is not None:
+            await control.close()
+        await server.close()
+        for export in server.registry:
+            await export.close()

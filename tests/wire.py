@@ -1,0 +1,153 @@
+"""A blocking USB/IP test client on real sockets, built on the sans-I/O ClientConnection.
+
+It speaks the protocol as the Linux vhci does (seqnums from 1, TCP_NODELAY, devid from the
+import reply) but lets a test decide exactly what is sent and when.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from usbwire.protocol import (
+    NEED_DATA,
+    ClientConnection,
+    CmdSubmit,
+    CmdUnlink,
+    ConnectionClosed,
+    DeviceInfo,
+    Direction,
+    Event,
+    OpRepDevlist,
+    OpRepImport,
+    OpReqDevlist,
+    OpReqImport,
+    OpStatus,
+    UrbFlag,
+)
+
+TIMEOUT = 10.0
+
+
+def connect(port: int, host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (raises on timeout: it must close)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def setup_packet(request_type: int, request: int, value: int, index: int, length: int) -> bytes:
+    return struct.pack("<BBHHH", request_type, request, value, index, length)
+
+
+@dataclass
+class WireClient:
+    port: int
+    host: str = "127.0.0.1"
+    sock: socket.socket = field(init=False)
+    conn: ClientConnection = field(default_factory=ClientConnection)
+    device: DeviceInfo | None = None
+    next_seqnum: int = 1
+
+    def __post_init__(self) -> None:
+        self.sock = connect(self.port, self.host)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> WireClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_event(self) -> Event | ConnectionClosed:
+        while True:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                self.conn.receive_data(self.sock.recv(262144))
+                continue
+            return event  # type: ignore[return-value]
+
+    def devlist(self) -> list[DeviceInfo]:
+        self.sock.sendall(self.conn.send(OpReqDevlist()))
+        reply = self.read_event()
+        assert isinstance(reply, OpRepDevlist)
+        return list(reply.devices)
+
+    def import_(self, busid: str) -> OpRepImport:
+        self.sock.sendall(self.conn.send(OpReqImport(busid=busid)))
+        reply = self.read_event()
+        assert isinstance(reply, OpRepImport)
+        if reply.status == OpStatus.OK:
+            self.device = reply.device
+        return reply
+
+    @property
+    def devid(self) -> int:
+        assert self.device is not None
+        return self.device.devid
+
+    def _seqnum(self) -> int:
+        seqnum = self.next_seqnum
+        self.next_seqnum += 1
+        return seqnum
+
+    def submit_bytes(
+        self,
+        *,
+        ep: int,
+        direction: Direction,
+        length: int = 0,
+        data: bytes = b"",
+        setup: bytes = bytes(8),
+        interval: int = 0,
+    ) -> tuple[int, bytes]:
+        """The encoded CMD_SUBMIT (not sent yet), so tests can batch several in one write."""
+        seqnum = self._seqnum()
+        cmd = CmdSubmit(
+            seqnum=seqnum,
+            devid=self.devid,
+            direction=direction,
+            ep=ep,
+            transfer_flags=UrbFlag.DIR_IN if direction == Direction.IN else 0,
+            transfer_buffer_length=len(data) if direction == Direction.OUT else length,
+            interval=interval,
+            setup=setup,
+            data=data,
+        )
+        return seqnum, self.conn.send(cmd)
+
+    def submit(self, **kwargs: object) -> int:
+        seqnum, raw = self.submit_bytes(**kwargs)  # type: ignore[arg-type]
+        self.sock.sendall(raw)
+        return seqnum
+
+    def unlink(self, target: int) -> int:
+        seqnum = self._seqnum()
+        self.sock.sendall(self.conn.send(CmdUnlink(seqnum=seqnum, devid=self.devid, unlink_seqnum=target)))
+        return seqnum
+
+    def control_in(self, request_type: int, request: int, value: int, index: int, length: int) -> int:
+        return self.submit(
+            ep=0,
+            direction=Direction.IN,
+            length=length,
+            setup=setup_packet(request_type, request, value, index, length),
+        )
+
+    def control_out(self, request_type: int, request: int, value: int, index: int, data: bytes = b"") -> int:
+        return self.submit(
+            ep=0,
+            direction=Direction.OUT,
+            data=data,
+            setup=setup_packet(request_type, request, value, index, len(data)),
+        )
