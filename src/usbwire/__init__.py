@@ -15,7 +15,7 @@ from usbwire.errors import (
 from usbwire.protocol import DEFAULT_PORT, DeviceInfo, OpStatus, Speed
 from usbwire.server import DEFAULT_CONTROL_PATH, ControlServer, Limits, Registry, Server
 from usbwire.server import request as control_request
-from usbwire.service import ServeOptions, serve
+from usbwire.service import ServeOptions, run, serve
 from usbwire.usbids import load as load_usb_ids
 
 try:
@@ -47,5 +47,6 @@ __all__ = [
     "import_device",
     "list_devices",
     "load_usb_ids",
+    "run",
     "serve",
 ]

@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-in-flight", type=int, default=Limits().max_in_flight, help="URBs in flight per client"
     )
+    serve.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop (auto: uvloop when installed, it is faster)",
+    )
     serve.set_defaults(run=_serve)
 
     listing = commands.add_parser(
@@ -135,7 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
         demo=args.demo,
         limits=Limits(max_in_flight=args.max_in_flight),
     )
-    asyncio.run(usbwire.serve(options))
+    usbwire.run(usbwire.serve(options), loop=args.loop)
     return 0
 
 

@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from usbwire import demo
 from usbwire.backends.base import ExportedDevice
+from usbwire.errors import UsbwireError
 from usbwire.protocol.constants import DEFAULT_PORT
 from usbwire.server.control import DEFAULT_CONTROL_PATH, ControlServer
 from usbwire.server.server import Limits, Server
 
 log = logging.getLogger("usbwire")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,19 @@ class ServeOptions:
     control_path: str | None = DEFAULT_CONTROL_PATH
     demo: bool = False
     limits: Limits = field(default_factory=Limits)
+
+
+def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
+    """``asyncio.run`` on the chosen event loop; ``auto`` takes uvloop when it is installed."""
+    if loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise UsbwireError("uvloop is not installed (pip install 'usbwire[speed]')") from None
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
 
 
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:

@@ -133,6 +133,8 @@ class DescriptorSet:
     declaration: DeviceDescriptor
     speed: Speed
     strings: list[str] = field(default_factory=list)
+    # Built once: descriptors do not change while a device exists.
+    _cache: dict[str, bytes] = field(default_factory=dict)
 
     def string_index(self, text: str | None) -> int:
         if text is None:
@@ -142,6 +144,12 @@ class DescriptorSet:
         return self.strings.index(text) + 1
 
     def device(self) -> bytes:
+        cached = self._cache.get("device")
+        if cached is None:
+            cached = self._cache["device"] = self._device()
+        return cached
+
+    def _device(self) -> bytes:
         d = self.declaration
         bcd_usb = {Speed.SUPER: 0x0320, Speed.SUPER_PLUS: 0x0320}.get(self.speed, 0x0200)
         ep0 = 9 if self.speed >= Speed.SUPER else d.max_packet_size0  # SuperSpeed: 2**9 = 512
@@ -163,7 +171,14 @@ class DescriptorSet:
             len(d.configurations),
         )
 
-    def configuration(self, index: int, descriptor_type: int = DescriptorType.CONFIGURATION) -> bytes:
+    def configuration(self, index: int) -> bytes:
+        key = f"configuration{index}"
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._cache[key] = self._configuration(index)
+        return cached
+
+    def _configuration(self, index: int) -> bytes:
         config = self.declaration.configurations[index]
         body = bytearray(config.extra)
         for interface in config.interfaces:
@@ -187,7 +202,7 @@ class DescriptorSet:
         header = struct.pack(
             "<BBHBBBBB",
             9,
-            descriptor_type,
+            DescriptorType.CONFIGURATION,
             9 + len(body),
             len(config.interface_numbers),
             config.value,

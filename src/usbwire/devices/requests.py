@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from usbwire.protocol.constants import Direction
 
@@ -43,36 +43,35 @@ class Feature(enum.IntEnum):
     DEVICE_REMOTE_WAKEUP = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Setup:
+class Setup(NamedTuple):
     """A decoded SETUP packet (its 16-bit fields are little-endian on the wire)."""
 
     request_type: int
     request: int
     value: int
-    index: int
+    index: int  # type: ignore[assignment]
     length: int
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Setup:
-        return cls(*_SETUP.unpack(raw))
+        return cls._make(_SETUP.unpack(raw))
 
     def to_bytes(self) -> bytes:
-        return _SETUP.pack(self.request_type, self.request, self.value, self.index, self.length)
+        return _SETUP.pack(*self)
 
     @property
     def direction(self) -> Direction:
         return Direction.IN if self.request_type & 0x80 else Direction.OUT
 
     @property
-    def type(self) -> RequestType | int:
-        kind = (self.request_type >> 5) & 3
-        return RequestType(kind) if kind < 3 else kind
+    def type(self) -> int:
+        """A RequestType value (compared as plain ints: this runs for every control URB)."""
+        return (self.request_type >> 5) & 3
 
     @property
-    def recipient(self) -> Recipient | int:
-        target = self.request_type & 0x1F
-        return Recipient(target) if target < 4 else target
+    def recipient(self) -> int:
+        """A Recipient value."""
+        return self.request_type & 0x1F
 
     def __str__(self) -> str:
         return (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from usbwire.errors import LocalProtocolError, RemoteProtocolError
 from usbwire.protocol.constants import (
@@ -309,6 +310,9 @@ def _command(buf: Buffer, expected: tuple[Command, ...]) -> int:
     return command
 
 
+_DIRECTIONS = (Direction.OUT, Direction.IN)
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitLimits:
     """What a server accepts in a CMD_SUBMIT, before it reads the payload."""
@@ -322,15 +326,16 @@ def read_cmd(buf: Buffer, limits: SubmitLimits) -> Read:
     """A server's read in the URB phase: CMD_SUBMIT or CMD_UNLINK."""
     if len(buf) < URB_HEADER_SIZE:
         return None
-    command = _command(buf, (Command.CMD_SUBMIT, Command.CMD_UNLINK))
-    if command == Command.CMD_UNLINK:
+    (command, seqnum, devid, direction, ep, flags, length, start_frame, npackets, interval, setup) = (
+        CMD_SUBMIT.unpack_from(buf)
+    )
+    if command != Command.CMD_SUBMIT:
+        _command(buf, (Command.CMD_SUBMIT, Command.CMD_UNLINK))
         _, seqnum, devid, _, _, unlink_seqnum = CMD_UNLINK.unpack_from(buf)
         _check_devid(devid, limits.devid)
         return CmdUnlink(seqnum=seqnum, devid=devid, unlink_seqnum=unlink_seqnum), URB_HEADER_SIZE
-    (_, seqnum, devid, direction, ep, flags, length, start_frame, npackets, interval, setup) = (
-        CMD_SUBMIT.unpack_from(buf)
-    )
-    _check_devid(devid, limits.devid)
+    if devid != limits.devid:
+        _check_devid(devid, limits.devid)
     if direction > 1:
         raise RemoteProtocolError(f"direction={direction}", field="direction", value=direction)
     if ep > 15:
@@ -341,7 +346,7 @@ def read_cmd(buf: Buffer, limits: SubmitLimits) -> Read:
             field="transfer_buffer_length",
             value=length,
         )
-    direction = Direction(direction)
+    direction = _DIRECTIONS[direction]
     iso = ep != 0 and limits.is_iso(ep, direction)
     if iso and not 0 <= npackets <= MAX_ISO_PACKETS:
         raise RemoteProtocolError(
@@ -383,8 +388,7 @@ def _check_devid(devid: int, expected: int) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Outstanding:
+class Outstanding(NamedTuple):
     """What a client must remember of a CMD_SUBMIT to parse its RET_SUBMIT."""
 
     direction: Direction

@@ -8,6 +8,7 @@ CMD_SUBMIT to parse its RET_SUBMIT (which carries neither direction nor endpoint
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from usbwire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -102,8 +103,12 @@ class Connection:
                 )
             # Our own reply is due first; the bytes wait in the buffer.
             return NEED_DATA
-        with memoryview(self._buffer) as whole, whole[self._position :] as view:
+        view = memoryview(self._buffer)[self._position :]
+        try:
             result = reader(view)
+        finally:
+            # A live view would stop the buffer from growing in receive_data.
+            view.release()
         if result is None:
             if self._eof:
                 raise RemoteProtocolError(
@@ -114,23 +119,28 @@ class Connection:
             return NEED_DATA
         event, size = result
         self._position += size
-        assert isinstance(event, _EVENT_TYPES)
-        self._received(event)
-        self.state = next_state(self.state, event)
-        return event
+        self._received(event)  # type: ignore[arg-type]
+        if self.state is not State.URB:
+            # In the URB phase the readers only produce the commands (or replies) that
+            # phase allows, so the table lookup is needed only before it.
+            self.state = next_state(self.state, event)  # type: ignore[arg-type]
+        return event  # type: ignore[return-value]
 
     def send(self, event: Event) -> bytes:
         """Bytes for ``event``; raises LocalProtocolError if it may not be sent now."""
-        if SENDER[type(event)] is not self.role:
+        kind = type(event)
+        if SENDER[kind] is not self.role:
             raise LocalProtocolError(
-                f"a {self.role.value} does not send {type(event).__name__}",
+                f"a {self.role.value} does not send {kind.__name__}",
                 field="role",
                 value=self.role.value,
             )
-        state = next_state(self.state, event)
+        state = (
+            self.state if self.state is State.URB and kind in _URB_EVENTS else next_state(self.state, event)
+        )
         self._sending(event)
         self.state = state
-        return _ENCODERS[type(event)](event)
+        return _ENCODERS[kind](event)
 
     def _reader(self) -> Callable[[memoryview], codec.Read] | None:
         raise NotImplementedError
@@ -142,7 +152,7 @@ class Connection:
         raise NotImplementedError
 
 
-_EVENT_TYPES = tuple(_ENCODERS)
+_URB_EVENTS = frozenset({CmdSubmit, CmdUnlink, RetSubmit, RetUnlink})
 
 
 class ServerConnection(Connection):
@@ -158,12 +168,22 @@ class ServerConnection(Connection):
     ) -> None:
         super().__init__()
         self.max_transfer = max_transfer
-        # Called with (endpoint number, direction) for every CMD_SUBMIT: only the device's
-        # active configuration tells whether iso descriptors follow.
-        self.is_iso = is_iso
+        self._is_iso = is_iso
         self.devid: int | None = None
+        self._read_cmd: Callable[[memoryview], codec.Read] | None = None
         self._outstanding: dict[int, Outstanding] = {}
         self._unlinks: dict[int, int] = {}
+
+    @property
+    def is_iso(self) -> Callable[[int, Direction], bool]:
+        """Called with (endpoint number, direction) for every CMD_SUBMIT: only the device's
+        active configuration tells whether iso descriptors follow."""
+        return self._is_iso
+
+    @is_iso.setter
+    def is_iso(self, is_iso: Callable[[int, Direction], bool]) -> None:
+        self._is_iso = is_iso
+        self._read_cmd = None
 
     @property
     def outstanding(self) -> int:
@@ -174,9 +194,11 @@ class ServerConnection(Connection):
         if self.state is State.OP_REQUEST:
             return codec.read_op_request
         if self.state is State.URB:
-            assert self.devid is not None
-            limits = SubmitLimits(self.max_transfer, self.devid, self.is_iso)
-            return lambda buf: codec.read_cmd(buf, limits)
+            if self._read_cmd is None:
+                assert self.devid is not None
+                limits = SubmitLimits(self.max_transfer, self.devid, self._is_iso)
+                self._read_cmd = functools.partial(codec.read_cmd, limits=limits)
+            return self._read_cmd
         return None
 
     def _received(self, event: Event) -> None:

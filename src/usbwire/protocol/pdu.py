@@ -1,7 +1,9 @@
 """The USB/IP PDUs as typed values.
 
-Every PDU is a frozen, slotted, keyword-only dataclass whose fields follow the wire order and
-the names of the kernel's structures. A PDU that could never be put on the wire cannot be
+Every PDU is a slotted, keyword-only dataclass whose fields follow the wire order and the
+names of the kernel's structures. They are values: never change one after building it. The
+URB-phase PDUs are not ``frozen`` only because that costs a microsecond per PDU on the hot
+path. A PDU that could never be put on the wire cannot be
 built: ``__post_init__`` raises :class:`LocalProtocolError` naming the field. The decoder
 reuses these checks and re-raises them as :class:`RemoteProtocolError`.
 """
@@ -30,6 +32,12 @@ _S32_MAX = 2**31 - 1
 def _check_range(name: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
         raise LocalProtocolError(f"{name}={value} is outside {low}..{high}", field=name, value=value)
+
+
+def _range_error(obj: object, ranges: tuple[tuple[str, int, int], ...]) -> None:
+    """Raise for the first field of ``obj`` outside its range (the slow path of a failed check)."""
+    for name, low, high in ranges:
+        _check_range(name, getattr(obj, name), low, high)
 
 
 def _check_text(name: str, value: str, size: int) -> None:
@@ -184,7 +192,7 @@ def _check_iso(packets: tuple[IsoPacket, ...], number_of_packets: int) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CmdSubmit:
     """USBIP_CMD_SUBMIT (client -> server): start one transfer."""
 
@@ -204,14 +212,18 @@ class CmdSubmit:
     iso_packets: tuple[IsoPacket, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_range("seqnum", self.seqnum, 0, _U32)
-        _check_range("devid", self.devid, 0, _U32)
-        _check_range("ep", self.ep, 0, 15)
-        _check_range("transfer_flags", self.transfer_flags, 0, _U32)
-        _check_range("transfer_buffer_length", self.transfer_buffer_length, 0, _S32_MAX)
-        _check_range("interval", self.interval, _S32_MIN, _S32_MAX)
-        _check_range("start_frame", self.start_frame, _S32_MIN, _S32_MAX)
-        _check_range("number_of_packets", self.number_of_packets, _S32_MIN, _S32_MAX)
+        # One chained comparison per field, no calls: this runs for every URB.
+        if not (
+            0 <= self.seqnum <= _U32
+            and 0 <= self.devid <= _U32
+            and 0 <= self.ep <= 15
+            and 0 <= self.transfer_flags <= _U32
+            and 0 <= self.transfer_buffer_length <= _S32_MAX
+            and _S32_MIN <= self.interval <= _S32_MAX
+            and _S32_MIN <= self.start_frame <= _S32_MAX
+            and _S32_MIN <= self.number_of_packets <= _S32_MAX
+        ):
+            _range_error(self, _CMD_SUBMIT_RANGES)
         if len(self.setup) != 8:
             raise LocalProtocolError("setup must be 8 bytes", field="setup", value=self.setup)
         if self.direction == Direction.OUT:
@@ -248,6 +260,26 @@ class CmdSubmit:
         return bool(self.iso_packets)
 
 
+_CMD_SUBMIT_RANGES = (
+    ("seqnum", 0, _U32),
+    ("devid", 0, _U32),
+    ("ep", 0, 15),
+    ("transfer_flags", 0, _U32),
+    ("transfer_buffer_length", 0, _S32_MAX),
+    ("interval", _S32_MIN, _S32_MAX),
+    ("start_frame", _S32_MIN, _S32_MAX),
+    ("number_of_packets", _S32_MIN, _S32_MAX),
+)
+_RET_SUBMIT_RANGES = (
+    ("seqnum", 0, _U32),
+    ("status", _S32_MIN, 0),
+    ("actual_length", 0, _S32_MAX),
+    ("start_frame", _S32_MIN, _S32_MAX),
+    ("number_of_packets", _S32_MIN, _S32_MAX),
+    ("error_count", 0, _S32_MAX),
+)
+
+
 def _check_control(cmd: CmdSubmit) -> None:
     # The server's USB core refuses a control URB whose length disagrees with wLength,
     # and the data stage direction is fixed by bmRequestType.
@@ -267,7 +299,7 @@ def _check_control(cmd: CmdSubmit) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RetSubmit:
     """USBIP_RET_SUBMIT (server -> client): how one CmdSubmit ended."""
 
@@ -282,12 +314,15 @@ class RetSubmit:
     iso_packets: tuple[IsoPacket, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_range("seqnum", self.seqnum, 0, _U32)
-        _check_range("status", self.status, _S32_MIN, 0)
-        _check_range("actual_length", self.actual_length, 0, _S32_MAX)
-        _check_range("start_frame", self.start_frame, _S32_MIN, _S32_MAX)
-        _check_range("number_of_packets", self.number_of_packets, _S32_MIN, _S32_MAX)
-        _check_range("error_count", self.error_count, 0, _S32_MAX)
+        if not (
+            0 <= self.seqnum <= _U32
+            and _S32_MIN <= self.status <= 0
+            and 0 <= self.actual_length <= _S32_MAX
+            and _S32_MIN <= self.start_frame <= _S32_MAX
+            and _S32_MIN <= self.number_of_packets <= _S32_MAX
+            and 0 <= self.error_count <= _S32_MAX
+        ):
+            _range_error(self, _RET_SUBMIT_RANGES)
         if self.data and len(self.data) != self.actual_length:
             raise LocalProtocolError(
                 f"{len(self.data)} data bytes but actual_length={self.actual_length}",
@@ -305,7 +340,7 @@ class RetSubmit:
                 )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CmdUnlink:
     """USBIP_CMD_UNLINK (client -> server): cancel the CmdSubmit numbered unlink_seqnum."""
 
@@ -319,7 +354,7 @@ class CmdUnlink:
         _check_range("unlink_seqnum", self.unlink_seqnum, 0, _U32)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RetUnlink:
     """USBIP_RET_UNLINK (server -> client): -ECONNRESET if cancelled, 0 if it had completed."""
 

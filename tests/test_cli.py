@@ -1,0 +1,127 @@
+"""The ``usbwire`` command as a user runs it, against a real ``usbwire serve`` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+USBWIRE = [sys.executable, "-m", "usbwire"]
+COMMANDS = ["serve", "list", "status", "export", "unexport"]
+
+
+def usbwire(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*USBWIRE, *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@dataclass
+class ServeProcess:
+    process: subprocess.Popen[str]
+    port: int
+    control: Path
+    log: list[str]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServeProcess]:
+    """``usbwire serve --demo`` on an ephemeral loopback port, as its own process."""
+    control = tmp_path / "control.sock"
+    process = subprocess.Popen(
+        [*USBWIRE, "serve", "--host", "127.0.0.1", "--port", "0", "--demo", "--control", str(control)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    log: list[str] = []
+    port = 0
+    for line in process.stderr:
+        log.append(line)
+        if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+            port = int(match.group(1))
+        if "control socket" in line:
+            break
+    assert port, "".join(log)
+    try:
+        yield ServeProcess(process, port, control, log)
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+
+
+def test_version() -> None:
+    assert re.fullmatch(r"usbwire \S+\n", usbwire("--version").stdout)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    assert "usage: usbwire " + command in usbwire(command, "--help").stdout
+
+
+@pytest.mark.skipif(shutil.which("usbip") is None, reason="Debian's usbip tool is not installed")
+def test_usbip_tool_and_usbwire_list_print_the_same(served: ServeProcess) -> None:
+    theirs = subprocess.run(
+        ["usbip", "--tcp-port", str(served.port), "list", "-r", "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert theirs.returncode == 0, theirs.stderr
+    assert "1-1: " in theirs.stdout and "(1209:0001)" in theirs.stdout
+    assert "(ff/00/00)" in theirs.stdout
+    ours = usbwire("list", "-r", "127.0.0.1", "--port", str(served.port))
+    assert ours.stdout == theirs.stdout
+
+
+def test_list_json(served: ServeProcess) -> None:
+    (device,) = json.loads(usbwire("list", "-r", "127.0.0.1", "--port", str(served.port), "--json").stdout)
+    assert (device["busid"], device["vendor_id"], device["product_id"]) == ("1-1", "1209", "0001")
+    assert device["interfaces"] == [[0xFF, 0, 0]]
+
+
+def test_status_export_unexport_through_the_control_socket(served: ServeProcess) -> None:
+    control = ["--control", str(served.control)]
+    assert oct(os.stat(served.control).st_mode & 0o777) == "0o600"
+    assert usbwire("export", "loopback", "-b", "3-1", *control).stdout == "exported loopback as 3-1\n"
+    status = json.loads(usbwire("status", "--json", *control).stdout)
+    assert [e["busid"] for e in status["exports"]] == ["1-1", "3-1"]
+    listed = json.loads(usbwire("list", "-r", "127.0.0.1", "--port", str(served.port), "--json").stdout)
+    assert [d["busid"] for d in listed] == ["1-1", "3-1"]
+    usbwire("unexport", "-b", "3-1", *control)
+    failed = usbwire("unexport", "-b", "3-1", *control, check=False)
+    assert (failed.returncode, failed.stderr) == (1, "usbwire: error: busid 3-1 is not exported\n")
+    assert "1-1" in usbwire("status", *control).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["list", "-r", "127.0.0.1", "--port", "1"], "connection refused", id="refused"),
+        pytest.param(["list", "-r", "no-such-host.invalid"], "cannot resolve", id="unknown-host"),
+        pytest.param(["status", "--control", "/nonexistent/usbwire.sock"], "no server is running", id="no-server"),
+    ],
+)
+def test_errors_are_one_line_and_exit_1(args: list[str], message: str) -> None:
+    result = usbwire(*args, check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("usbwire: error: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_logs_one_line_per_connection_event(served: ServeProcess) -> None:
+    usbwire("list", "-r", "127.0.0.1", "--port", str(served.port))
+    served.process.terminate()
+    assert served.process.stderr is not None
+    rest = served.process.stderr.read()
+    assert re.search(r"127\.0\.0\.1:\d+ listed 1 device\(s\)", rest)
