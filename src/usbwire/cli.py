@@ -119,6 +119,22 @@ def _parser() -> argparse.ArgumentParser:
     unexport.add_argument("-b", "--busid", required=True)
     _control_argument(unexport)
     unexport.set_defaults(run=_unexport)
+    typing = commands.add_parser(
+        "type", parents=[verbose], help="type text on an emulated keyboard of a running server"
+    )
+    typing.add_argument("text", help="text to type (US layout; \\n for Enter is a real newline)")
+    typing.add_argument("-b", "--busid", help="which keyboard (default: the only one)")
+    _control_argument(typing)
+    typing.set_defaults(run=_type)
+
+    mouse = commands.add_parser("mouse", parents=[verbose], help="move or click an emulated mouse")
+    mouse.add_argument("dx", type=int, help="relative X movement")
+    mouse.add_argument("dy", type=int, help="relative Y movement")
+    mouse.add_argument("--wheel", type=int, default=0, help="wheel steps")
+    mouse.add_argument("--click", action="store_true", help="click the left button after moving")
+    mouse.add_argument("-b", "--busid", help="which mouse (default: the only one)")
+    _control_argument(mouse)
+    mouse.set_defaults(run=_mouse)
     return parser
 
 
@@ -230,4 +246,18 @@ def _export(args: argparse.Namespace) -> int:
 def _unexport(args: argparse.Namespace) -> int:
     usbwire.control_request(args.control, "unexport", busid=args.busid)
     print(f"unexported {args.busid}")
+    return 0
+
+
+def _type(args: argparse.Namespace) -> int:
+    result = usbwire.control_request(args.control, "type", text=args.text, busid=args.busid)
+    print(f"queued {result['reports']} reports")
+    return 0
+
+
+def _mouse(args: argparse.Namespace) -> int:
+    result = usbwire.control_request(
+        args.control, "mouse", dx=args.dx, dy=args.dy, wheel=args.wheel, click=args.click, busid=args.busid
+    )
+    print(f"queued {result['reports']} reports")
     return 0

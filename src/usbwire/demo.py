@@ -7,6 +7,8 @@ from typing import Any
 
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.base import Device
+from usbwire.devices.cdc import Serial
+from usbwire.devices.hid import Button, Keyboard, Mouse
 from usbwire.devices.loopback import Loopback
 from usbwire.errors import ControlError
 from usbwire.server.control import ControlServer
@@ -15,8 +17,12 @@ from usbwire.server.registry import Registry
 # kind -> (factory, description); the demo set grows with the device classes.
 DEVICE_KINDS: dict[str, tuple[Callable[[], Device], str]] = {
     "loopback": (Loopback, "vendor-class bulk loopback"),
+    "keyboard": (Keyboard, "HID boot keyboard"),
+    "mouse": (Mouse, "HID boot mouse"),
+    "serial": (Serial, "CDC-ACM serial port"),
 }
-DEMO_SET = ("loopback",)
+# Order fixes the busids (1-1, 1-2, ...): never reorder, only append.
+DEMO_SET = ("loopback", "keyboard", "mouse", "serial")
 
 
 def demo_exports() -> list[EmulatedExport]:
@@ -48,6 +54,50 @@ def add_export_command(control: ControlServer, registry: Registry) -> None:
         return {"busid": busid, "device": kind}
 
     control.commands["export"] = export
+    control.commands["type"] = _typer(registry)
+    control.commands["mouse"] = _mover(registry)
+
+
+def find_device(registry: Registry, kind: type[Device], busid: str | None) -> Device:
+    """The emulated device of ``kind`` at ``busid``, or the only one there is."""
+    found = [
+        export.device
+        for export in registry
+        if isinstance(export, EmulatedExport)
+        and isinstance(export.device, kind)
+        and (busid is None or export.busid == busid)
+    ]
+    name = kind.__name__.lower()
+    if not found:
+        raise ControlError(f"no emulated {name} is exported" + (f" at {busid}" if busid else ""))
+    if len(found) > 1:
+        raise ControlError(f"several {name}s are exported: choose one with --busid")
+    return found[0]
+
+
+def _typer(registry: Registry) -> Callable[[dict[str, Any]], Any]:
+    async def type_text(params: dict[str, Any]) -> Any:
+        keyboard = find_device(registry, Keyboard, params.get("busid"))
+        assert isinstance(keyboard, Keyboard)
+        try:
+            reports = keyboard.type_text(str(params["text"]))
+        except ValueError as error:
+            raise ControlError(str(error)) from None
+        return {"reports": reports, "leds": int(keyboard.leds)}
+
+    return type_text
+
+
+def _mover(registry: Registry) -> Callable[[dict[str, Any]], Any]:
+    async def move(params: dict[str, Any]) -> Any:
+        mouse = find_device(registry, Mouse, params.get("busid"))
+        assert isinstance(mouse, Mouse)
+        reports = mouse.move(int(params.get("dx", 0)), int(params.get("dy", 0)), int(params.get("wheel", 0)))
+        if params.get("click"):
+            reports += mouse.click(Button.LEFT)
+        return {"reports": reports}
+
+    return move
 
 
 def _free_busid(registry: Registry) -> str:

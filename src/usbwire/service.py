@@ -12,6 +12,9 @@ from typing import Any, TypeVar
 
 from usbwire import demo
 from usbwire.backends.base import ExportedDevice
+from usbwire.backends.emulated import EmulatedExport
+from usbwire.devices.cdc import Serial
+from usbwire.devices.cdc.pty import PtyBridge
 from usbwire.errors import UsbwireError
 from usbwire.protocol.constants import DEFAULT_PORT
 from usbwire.server.control import DEFAULT_CONTROL_PATH, ControlServer
@@ -56,6 +59,10 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         control = ControlServer(server, options.control_path)
         demo.add_export_command(control, server.registry)
         await control.start()
+    bridges = [PtyBridge(device, name=busid) for busid, device in _serial_ports(server)]
+    for bridge in bridges:
+        bridge.start()
+        log.info("serial port %s is bridged to %s", bridge.serial_name, bridge.path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -69,8 +76,18 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
+        for bridge in bridges:
+            bridge.close()
         if control is not None:
             await control.close()
         await server.close()
         for export in server.registry:
             await export.close()
+
+
+def _serial_ports(server: Server) -> list[tuple[str, Serial]]:
+    return [
+        (export.busid, export.device)
+        for export in server.registry
+        if isinstance(export, EmulatedExport) and isinstance(export.device, Serial)
+    ]

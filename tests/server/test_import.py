@@ -24,7 +24,8 @@ def replies(client: WireClient, count: int) -> dict[int, RetSubmit | RetUnlink]:
 
 def test_devlist_shows_the_loopback_device(server: RunningServer) -> None:
     with WireClient(server.port) as client:
-        (device,) = client.devlist()
+        devices = {d.busid: d for d in client.devlist()}
+    device = devices[LOOPBACK]
     assert (device.busid, device.idVendor, device.idProduct) == (LOOPBACK, 0x1209, 0x0001)
     assert device.speed == Speed.HIGH
     assert [(i.bInterfaceClass, i.bInterfaceSubClass) for i in device.interfaces] == [(0xFF, 0)]
@@ -41,7 +42,7 @@ def test_second_import_of_a_held_device_is_dev_busy_and_devlist_hides_it(server:
         with WireClient(server.port) as second:
             assert second.import_(LOOPBACK).status == OpStatus.DEV_BUSY
         with WireClient(server.port) as lister:
-            assert lister.devlist() == []
+            assert LOOPBACK not in [d.busid for d in lister.devlist()]
 
 
 def test_import_echoes_busid_and_devid(server: RunningServer) -> None:

@@ -109,7 +109,8 @@ class DeviceInfo:
     @property
     def devid(self) -> int:
         """The id every CMD_* header of an import must carry."""
-        return (self.busnum << 16) | self.devnum
+        # A u32, as the Linux tools compute it (busnum and devnum are u32 on the wire).
+        return ((self.busnum << 16) | self.devnum) & _U32
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
