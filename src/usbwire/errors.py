@@ -42,6 +42,31 @@ class ImportRefused(UsbwireError):
         self.status = status
 
 
+class TransferError(UsbwireError):
+    """A URB completed with a non-zero status (a negative Linux errno, e.g. -32 for a stall)."""
+
+    def __init__(self, status: int, message: str | None = None) -> None:
+        super().__init__(message or f"transfer failed with status {status} ({_errno_name(-status)})")
+        self.status = status
+
+    @property
+    def stalled(self) -> bool:
+        return self.status == -32
+
+
+class DeviceGone(TransferError):
+    """The imported device's connection ended; every transfer in flight fails with this."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(-19, f"device is gone: {reason}")
+
+
+def _errno_name(number: int) -> str:
+    import errno
+
+    return errno.errorcode.get(number, "unknown")
+
+
 class ControlError(UsbwireError):
     """A request to a running server's control socket failed."""
 

@@ -12,7 +12,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, cast
 
-from usbwire.errors import ProtocolError
+from usbwire.errors import RemoteProtocolError
 from usbwire.protocol.connection import ServerConnection
 from usbwire.protocol.constants import Direction, OpStatus, TransferType
 from usbwire.protocol.pdu import (
@@ -100,17 +100,17 @@ class UsbipProtocol(asyncio.Protocol):
         while not self._closing:
             try:
                 event = conn.next_event()
-            except ProtocolError as error:
+                if isinstance(event, CmdSubmit):
+                    self.dispatcher.submit(event)  # type: ignore[union-attr]
+                elif isinstance(event, CmdUnlink):
+                    self.dispatcher.unlink(event)  # type: ignore[union-attr]
+            except RemoteProtocolError as error:
                 self.server.stats.protocol_errors += 1
                 self._abort(f"protocol error: {error}")
                 return
             if event is NEED_DATA:
                 break
-            if isinstance(event, CmdSubmit):
-                self.dispatcher.submit(event)  # type: ignore[union-attr]
-            elif isinstance(event, CmdUnlink):
-                self.dispatcher.unlink(event)  # type: ignore[union-attr]
-            elif isinstance(event, OpReqDevlist):
+            if isinstance(event, OpReqDevlist):
                 self._devlist()
             elif isinstance(event, OpReqImport):
                 self._import(event.busid)
@@ -158,7 +158,8 @@ class UsbipProtocol(asyncio.Protocol):
 
     def device_removed(self) -> None:
         """The registry dropped our device (unexport, unplug): end the import."""
-        self._abort("device removed")
+        if self.transport is not None and not self.transport.is_closing():
+            self._abort("device removed")
 
     # -- output and flow control ------------------------------------------------------------
 
@@ -207,8 +208,16 @@ class UsbipProtocol(asyncio.Protocol):
             return
         busid, device = self.busid, self.device
         self.busid = None
-        self.server.registry.release(busid, self)
-        self.server.spawn(device.close())
+        self.server.spawn(self._close_device(busid, device))
+
+    async def _close_device(self, busid: str, device: ExportedDevice) -> None:
+        # The device stays claimed until close() has finished, as the stub stays "used" until
+        # its reset is done: an importer let in sooner would have its SET_CONFIGURATION undone
+        # by the reset that ends an emulated device's close().
+        try:
+            await device.close()
+        finally:
+            self.server.registry.release(busid, self)
 
     def status(self) -> dict[str, object]:
         return {

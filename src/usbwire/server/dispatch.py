@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from usbwire.backends.base import ExportedDevice, Urb, UrbResult
+from usbwire.errors import RemoteProtocolError
 from usbwire.protocol.connection import ServerConnection
 from usbwire.protocol.constants import Direction, Errno, TransferType
 from usbwire.protocol.pdu import CmdSubmit, CmdUnlink, IsoPacket, RetSubmit, RetUnlink
@@ -67,7 +68,8 @@ class Dispatcher:
         self._queues: dict[int, deque[CmdSubmit]] = {}
         self._endpoint_of: dict[int, int] = {}  # seqnum -> endpoint key
         self._tasks: dict[int, asyncio.Task[UrbResult]] = {}
-        self._unlinks: dict[int, int] = {}  # target seqnum -> CMD_UNLINK seqnum
+        # target seqnum -> the CMD_UNLINK seqnums waiting for it to end, first one first
+        self._unlinks: dict[int, list[int]] = {}
         self._closed = False
 
     @property
@@ -85,6 +87,14 @@ class Dispatcher:
             self._run(key, queue)
 
     def unlink(self, cmd: CmdUnlink) -> None:
+        """Cancel ``cmd.unlink_seqnum``; raises RemoteProtocolError if ``cmd.seqnum`` is in use."""
+        if any(cmd.seqnum in waiting for waiting in self._unlinks.values()):
+            # Two answers would carry the same seqnum: the client could not tell them apart.
+            raise RemoteProtocolError(
+                f"CMD_UNLINK seqnum {cmd.seqnum} is already in flight",
+                field="seqnum",
+                value=cmd.seqnum,
+            )
         target = cmd.unlink_seqnum
         key = self._endpoint_of.get(target)
         if key is None:
@@ -93,7 +103,9 @@ class Dispatcher:
             return
         task = self._tasks.get(target)
         if task is not None:
-            self._unlinks[target] = cmd.seqnum
+            # A repeated UNLINK of the same URB is answered 0 once the first one's RET_UNLINK
+            # is out, as by the stub, which relabels the URB and then no longer finds it.
+            self._unlinks.setdefault(target, []).append(cmd.seqnum)
             task.cancel()
             return
         queue = self._queues[key]
@@ -163,13 +175,16 @@ class Dispatcher:
             return
         queue = self._queues[key]
         queue.popleft()
-        unlink_seqnum = self._unlinks.pop(cmd.seqnum, None)
-        if unlink_seqnum is not None:
+        unlinks = self._unlinks.pop(cmd.seqnum, None)
+        if unlinks is not None:
             # Cancelled by UNLINK: only a RET_UNLINK, never a RET_SUBMIT (the client forgot it).
             if not task.cancelled() and task.exception() is not None:
                 self._failed(cmd, task.exception())  # type: ignore[arg-type]
             del self._endpoint_of[cmd.seqnum]
-            self.send(self.connection.send(self.connection.cancelled(unlink_seqnum)))
+            first, *repeated = unlinks
+            self.send(self.connection.send(self.connection.cancelled(first)))
+            for seqnum in repeated:
+                self.send(self.connection.send(RetUnlink(seqnum=seqnum, status=0)))
         elif task.cancelled():
             self._reply(cmd, UrbResult(status=-Errno.ECONNRESET))
         elif (error := task.exception()) is not None:

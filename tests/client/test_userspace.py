@@ -1,0 +1,112 @@
+"""The asyncio and blocking client APIs against a real usbwire server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from tests.conftest import RunningServer
+from usbwire.client import SyncDevice, connect
+from usbwire.errors import DeviceGone, ImportRefused, TransferError
+from usbwire.protocol import OpStatus, TransferType
+
+LOOPBACK, KEYBOARD = "1-1", "1-2"
+
+
+def test_connect_reads_the_descriptors(server: RunningServer) -> None:
+    async def main() -> None:
+        async with connect("127.0.0.1", LOOPBACK, port=server.port) as device:
+            assert device.device_descriptor is not None
+            assert (device.device_descriptor.idVendor, device.device_descriptor.idProduct) == (0x1209, 0x0001)
+            assert await device.string(device.device_descriptor.iProduct) == "Bulk loopback"
+            assert device.endpoints.transfer_type(1, 0) is None  # unconfigured
+            await device.set_configuration(1)
+            assert device.endpoints.transfer_type(1, 1) == TransferType.BULK
+
+    asyncio.run(main())
+
+
+def test_bulk_loopback_with_many_transfers_in_flight(server: RunningServer) -> None:
+    payloads = [os.urandom(100 + i) for i in range(64)]
+
+    async def main() -> list[bytes | int]:
+        async with connect("127.0.0.1", LOOPBACK, port=server.port) as device:
+            await device.set_configuration(1)
+            reads = [asyncio.ensure_future(device.bulk_transfer(0x81, len(p))) for p in payloads]
+            writes = await asyncio.gather(*(device.bulk_transfer(0x01, p) for p in payloads))
+            assert writes == [len(p) for p in payloads]
+            return list(await asyncio.gather(*reads))
+
+    assert asyncio.run(main()) == payloads
+
+
+def test_timeout_unlinks_the_transfer_and_the_device_stays_usable(server: RunningServer) -> None:
+    async def main() -> None:
+        async with connect("127.0.0.1", LOOPBACK, port=server.port) as device:
+            await device.set_configuration(1)
+            with pytest.raises(TimeoutError):
+                await device.bulk_transfer(0x81, 64, timeout=0.2)
+            await device.bulk_transfer(0x01, b"after the timeout")
+            assert await device.bulk_transfer(0x81, 64, timeout=5) == b"after the timeout"
+
+    asyncio.run(main())
+
+
+def test_cancelling_a_task_unlinks_its_transfer(server: RunningServer) -> None:
+    async def main() -> None:
+        async with connect("127.0.0.1", LOOPBACK, port=server.port) as device:
+            await device.set_configuration(1)
+            read = asyncio.ensure_future(device.bulk_transfer(0x81, 64))
+            await asyncio.sleep(0.05)
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+            await device.bulk_transfer(0x01, b"x")
+            assert await device.bulk_transfer(0x81, 64, timeout=5) == b"x"
+
+    asyncio.run(main())
+
+
+def test_a_stall_raises_transfer_error(server: RunningServer) -> None:
+    async def main() -> None:
+        async with connect("127.0.0.1", LOOPBACK, port=server.port) as device:
+            with pytest.raises(TransferError) as caught:
+                await device.control_transfer(0x80, 6, 0x0700, 0, 9)  # other-speed configuration
+            assert caught.value.stalled
+
+    asyncio.run(main())
+
+
+def test_import_refused_for_unknown_busid(server: RunningServer) -> None:
+    async def main() -> None:
+        async with connect("127.0.0.1", "7-7", port=server.port):
+            pass
+
+    with pytest.raises(ImportRefused) as caught:
+        asyncio.run(main())
+    assert caught.value.status == OpStatus.NODEV
+
+
+def test_transfers_in_flight_fail_with_device_gone_when_the_device_is_unexported(
+    server: RunningServer,
+) -> None:
+    async def main() -> None:
+        async with connect("127.0.0.1", LOOPBACK, port=server.port) as device:
+            await device.set_configuration(1)
+            read = asyncio.ensure_future(device.bulk_transfer(0x81, 64))
+            await asyncio.sleep(0.05)
+            server.call(lambda: server.server.registry.remove(LOOPBACK))
+            with pytest.raises(DeviceGone):
+                await asyncio.wait_for(read, 5)
+
+    asyncio.run(main())
+
+
+def test_blocking_wrapper(server: RunningServer) -> None:
+    with SyncDevice.connect("127.0.0.1", KEYBOARD, port=server.port) as device:
+        assert device.device_descriptor.idProduct == 0x0003
+        device.set_configuration(1)
+        report_descriptor = device.control_transfer(0x81, 6, 0x2200, 0, 255)
+        assert isinstance(report_descriptor, bytes) and report_descriptor[:2] == b"\x05\x01"
