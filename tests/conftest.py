@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,7 +37,7 @@ class RunningServer:
         def run() -> None:
             try:
                 future.set_result(function())
-            except BaseException as error:  # noqa: BLE001
+            except BaseException as error:
                 future.set_exception(error)
 
         self.loop.call_soon_threadsafe(run)
@@ -49,14 +50,17 @@ class RunningServer:
         self.call(lambda: self.server.registry.add(device))
 
 
-def start_server(limits: Limits | None = None) -> Iterator[RunningServer]:
+def start_server(
+    limits: Limits | None = None, extra_exports: Sequence[EmulatedExport] = ()
+) -> Iterator[RunningServer]:
+    """Run a server on 127.0.0.1 exporting the demo devices, then ``extra_exports``."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="usbwire-server", daemon=True)
     thread.start()
     server = Server(limits=limits or Limits())
 
     async def begin() -> None:
-        for export in demo_exports():
+        for export in [*demo_exports(), *extra_exports]:
             server.registry.add(export)
         await server.start("127.0.0.1", 0)
 
@@ -74,3 +78,30 @@ def start_server(limits: Limits | None = None) -> Iterator[RunningServer]:
 def server() -> Iterator[RunningServer]:
     """A fresh server exporting the demo devices (the loopback device is busid 1-1)."""
     yield from start_server()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout_s`` naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.001)
+
+
+def wait_released(server: RunningServer, busid: str, timeout_s: float = 10.0) -> None:
+    """Wait until no connection holds ``busid`` (the server saw its importer go)."""
+    wait_until(
+        lambda: server.call(lambda: server.server.registry.holder(busid)) is None,
+        f"{busid} to be released",
+        timeout_s,
+    )
+
+
+def wait_connections(server: RunningServer, count: int, timeout_s: float = 10.0) -> None:
+    """Wait until the server has exactly ``count`` open connections."""
+    wait_until(
+        lambda: server.call(lambda: len(server.server.status()["connections"])) == count,
+        f"{count} open connection(s)",
+        timeout_s,
+    )

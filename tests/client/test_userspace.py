@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import RunningServer
 from usbwire.client import SyncDevice, connect
 from usbwire.errors import DeviceGone, ImportRefused, TransferError
-from usbwire.protocol import OpStatus, TransferType
+from usbwire.protocol import Direction, OpStatus, TransferType
 
 LOOPBACK, KEYBOARD = "1-1", "1-2"
 
@@ -21,9 +21,9 @@ def test_connect_reads_the_descriptors(server: RunningServer) -> None:
             assert device.device_descriptor is not None
             assert (device.device_descriptor.idVendor, device.device_descriptor.idProduct) == (0x1209, 0x0001)
             assert await device.string(device.device_descriptor.iProduct) == "Bulk loopback"
-            assert device.endpoints.transfer_type(1, 0) is None  # unconfigured
+            assert device.endpoints.transfer_type(1, Direction.OUT) is None  # unconfigured
             await device.set_configuration(1)
-            assert device.endpoints.transfer_type(1, 1) == TransferType.BULK
+            assert device.endpoints.transfer_type(1, Direction.IN) == TransferType.BULK
 
     asyncio.run(main())
 
