@@ -2,7 +2,9 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from usbwire.client import ServerUnreachable, import_device, list_devices
+from usbwire.client import ServerUnreachable, SyncDevice, connect, import_device, list_devices
+from usbwire.client.vhci import Vhci, VhciError
+from usbwire.client.vhci import attach as vhci_attach
 from usbwire.errors import (
     ControlError,
     ImportRefused,
@@ -10,6 +12,7 @@ from usbwire.errors import (
     ProtocolError,
     RemoteProtocolError,
     Stall,
+    TransferError,
     UsbwireError,
 )
 from usbwire.protocol import DEFAULT_PORT, DeviceInfo, OpStatus, Speed
@@ -41,12 +44,18 @@ __all__ = [
     "ServerUnreachable",
     "Speed",
     "Stall",
+    "SyncDevice",
+    "TransferError",
     "UsbwireError",
+    "Vhci",
+    "VhciError",
     "__version__",
+    "connect",
     "control_request",
     "import_device",
     "list_devices",
     "load_usb_ids",
     "run",
     "serve",
+    "vhci_attach",
 ]

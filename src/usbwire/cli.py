@@ -119,6 +119,24 @@ def _parser() -> argparse.ArgumentParser:
     unexport.add_argument("-b", "--busid", required=True)
     _control_argument(unexport)
     unexport.set_defaults(run=_unexport)
+    attach = commands.add_parser(
+        "attach", parents=[verbose], help="import a remote device into this machine's kernel (vhci-hcd)"
+    )
+    attach.add_argument("-r", "--remote", required=True, metavar="HOST", help="server exporting the device")
+    attach.add_argument("-b", "--busid", required=True, help="the device's busid on the server")
+    attach.add_argument(
+        "-p", "--tcp-port", type=int, default=DEFAULT_PORT, help=f"server's TCP port (default {DEFAULT_PORT})"
+    )
+    attach.set_defaults(run=_attach)
+
+    detach = commands.add_parser("detach", parents=[verbose], help="detach an imported device")
+    detach.add_argument("-p", "--port", type=int, required=True, help="vhci port (see 'usbwire port')")
+    detach.set_defaults(run=_detach)
+
+    port = commands.add_parser("port", parents=[verbose], help="list devices imported into this machine")
+    port.add_argument("--json", action="store_true", help="machine-readable output")
+    port.set_defaults(run=_port)
+
     typing = commands.add_parser(
         "type", parents=[verbose], help="type text on an emulated keyboard of a running server"
     )
@@ -260,4 +278,57 @@ def _mouse(args: argparse.Namespace) -> int:
         args.control, "mouse", dx=args.dx, dy=args.dy, wheel=args.wheel, click=args.click, busid=args.busid
     )
     print(f"queued {result['reports']} reports")
+    return 0
+
+
+def _attach(args: argparse.Namespace) -> int:
+    port = usbwire.vhci_attach(args.remote, args.busid, args.tcp_port)
+    print(f"attached {args.remote}:{args.tcp_port}/{args.busid} on port {port}")
+    return 0
+
+
+def _detach(args: argparse.Namespace) -> int:
+    if usbwire.Vhci().detach(args.port):
+        print(f"port {args.port} is now detached")
+    else:
+        print(f"port {args.port} is already detached")
+    return 0
+
+
+def _port(args: argparse.Namespace) -> int:
+    vhci = usbwire.Vhci()
+    imported = vhci.imported()
+    if args.json:
+        rows = []
+        for item in imported:
+            local = vhci.local_device(item.port.local_busid)
+            rows.append(
+                {
+                    "port": item.port.number,
+                    "status": "in use" if item.port.status == 6 else "error",
+                    "local_busid": item.port.local_busid,
+                    "vid_pid": f"{local.get('idVendor', '?')}:{local.get('idProduct', '?')}",
+                    "remote": f"usbip://{item.host}:{item.tcp_port}/{item.remote_busid}"
+                    if item.host
+                    else None,
+                    "remote_devid": f"{item.port.devid:08x}",
+                }
+            )
+        print(json.dumps(rows, indent=2))
+        return 0
+    ids = usbwire.load_usb_ids()
+    print("Imported USB devices")
+    print("====================")
+    for item in imported:
+        port = item.port
+        local = vhci.local_device(port.local_busid)
+        status = "Port in Use" if port.status == 6 else "Port Error"
+        print(f"Port {port.number:02d}: <{status}> at {vhci.local_speed(port.local_busid).text}")
+        vendor, product = int(local.get("idVendor", "0"), 16), int(local.get("idProduct", "0"), 16)
+        print(f"       {ids.product_text(vendor, product)}")
+        if item.host is not None:
+            print(f"{port.local_busid:>10} -> usbip://{item.host}:{item.tcp_port}/{item.remote_busid}")
+        else:
+            print(f"{port.local_busid:>10} -> unknown host, remote port and remote busid")
+        print(f"{'':>10} -> remote bus/dev {(port.devid >> 16) & 0xFF:03d}/{port.devid & 0xFF:03d}")
     return 0

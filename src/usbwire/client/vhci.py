@@ -1,0 +1,259 @@
+"""Import a remote device into the local Linux kernel through vhci-hcd's sysfs files.
+
+Everything the ``usbip`` tool does on attach, detach and port, in the same files and formats
+(so ``usbip port`` shows what ``usbwire attach`` did and the other way round): pick a free
+port of the right root hub, hand the connected socket to the kernel, record the remote end
+in ``/var/run/vhci_hcd/port<N>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from usbwire.client.remote import ServerUnreachable
+from usbwire.errors import ImportRefused, RemoteProtocolError, UsbwireError
+from usbwire.protocol.connection import ClientConnection
+from usbwire.protocol.constants import DEFAULT_PORT, DEVICE_RECORD_SIZE, OP_HEADER_SIZE, OpStatus, Speed
+from usbwire.protocol.pdu import NEED_DATA, DeviceInfo, OpRepImport, OpReqImport
+
+SYSFS = Path("/sys")
+STATE_DIR = Path("/var/run/vhci_hcd")
+
+PORT_FREE, PORT_NOT_ASSIGNED, PORT_USED, PORT_ERROR = 4, 5, 6, 7
+_SPEED_FROM_SYSFS = {"1.5": Speed.LOW, "12": Speed.FULL, "480": Speed.HIGH, "5000": Speed.SUPER}
+
+
+class VhciError(UsbwireError):
+    """The local vhci-hcd cannot do what was asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    """One line of vhci's ``status`` file."""
+
+    hub: str
+    number: int
+    status: int
+    speed: int
+    devid: int
+    sockfd: int
+    local_busid: str
+
+    @property
+    def in_use(self) -> bool:
+        return self.status in (PORT_NOT_ASSIGNED, PORT_USED, PORT_ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """A port in use, with what ``usbip attach`` recorded about its remote end."""
+
+    port: Port
+    host: str | None
+    tcp_port: str | None
+    remote_busid: str | None
+
+
+class Vhci:
+    """The vhci-hcd controllers of this machine (or of a sysfs tree given for tests)."""
+
+    def __init__(self, sysfs: Path = SYSFS, state_dir: Path = STATE_DIR) -> None:
+        self.sysfs = sysfs
+        self.state_dir = state_dir
+        self.root = sysfs / "devices/platform/vhci_hcd.0"
+
+    def check(self) -> None:
+        if not (self.root / "attach").exists():
+            raise VhciError("vhci_hcd is not loaded (modprobe vhci-hcd)")
+
+    def ports(self) -> list[Port]:
+        self.check()
+        ports = []
+        for status_file in sorted(self.root.glob("status*"), key=_status_order):
+            for line in status_file.read_text().splitlines()[1:]:
+                ports.append(_parse_port(line))
+        return ports
+
+    def free_port(self, speed: Speed) -> list[Port]:
+        """Free ports of the root hub that suits ``speed``, in the order usbip tries them."""
+        hub = "ss" if speed >= Speed.SUPER else "hs"
+        return [p for p in self.ports() if p.hub == hub and p.status == PORT_FREE]
+
+    def attach(self, sock: socket.socket, device: DeviceInfo) -> int:
+        """Hand ``sock`` (connected, past OP_REP_IMPORT) to the kernel; returns the port."""
+        speed = device.speed
+        if not Speed.LOW <= speed <= Speed.SUPER_PLUS:
+            raise VhciError(f"the server reports speed {int(speed)}, which vhci cannot attach")
+        candidates = self.free_port(speed)
+        if not candidates:
+            hub = "SuperSpeed" if speed >= Speed.SUPER else "high-speed"
+            raise VhciError(f"no free {hub} vhci port")
+        for port in candidates:
+            message = f"{port.number} {sock.fileno()} {device.devid} {int(speed)}"
+            try:
+                _write(self.root / "attach", message)
+            except OSError as error:
+                if error.errno == errno.EBUSY:
+                    continue  # taken by another attach meanwhile: try the next one
+                raise _sysfs_error(error, "attach") from None
+            return port.number
+        raise VhciError("every free vhci port was taken while attaching")
+
+    def record(self, port: int, host: str, tcp_port: int, busid: str) -> None:
+        """Write the state file ``usbip port`` reads, exactly as ``usbip attach`` does."""
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.state_dir / f"port{port}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+        with os.fdopen(fd, "w") as state:
+            state.write(f"{host} {tcp_port} {busid}\n")
+
+    def detach(self, port: int) -> bool:
+        """Detach ``port``; returns False if it was already free."""
+        ports = {p.number: p for p in self.ports()}
+        if port not in ports:
+            raise VhciError(f"invalid port {port} (this machine has ports 0-{len(ports) - 1})")
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / f"port{port}").unlink()
+        with contextlib.suppress(OSError):
+            self.state_dir.rmdir()
+        if not ports[port].in_use:
+            return False
+        try:
+            _write(self.root / "detach", str(port))
+        except OSError as error:
+            raise _sysfs_error(error, "detach") from None
+        return True
+
+    def imported(self) -> list[Imported]:
+        result = []
+        for port in self.ports():
+            if port.status not in (PORT_USED, PORT_ERROR):
+                continue
+            host = tcp_port = busid = None
+            with contextlib.suppress(OSError, ValueError):
+                host, tcp_port, busid = (self.state_dir / f"port{port.number}").read_text().split()
+            result.append(Imported(port, host, tcp_port, busid))
+        return result
+
+    def local_device(self, busid: str) -> dict[str, str]:
+        """idVendor, idProduct and speed of the virtual device the kernel created."""
+        base = self.sysfs / "bus/usb/devices" / busid
+        values = {}
+        for name in ("idVendor", "idProduct", "speed"):
+            with contextlib.suppress(OSError):
+                values[name] = (base / name).read_text().strip()
+        return values
+
+    def local_speed(self, busid: str) -> Speed:
+        return _SPEED_FROM_SYSFS.get(self.local_device(busid).get("speed", ""), Speed.UNKNOWN)
+
+
+def _status_order(path: Path) -> int:
+    suffix = path.name.partition(".")[2]
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def _parse_port(line: str) -> Port:
+    fields = line.split()
+    if len(fields) < 7:
+        raise VhciError(f"unexpected vhci status line {line!r}")
+    hub, number, status, speed, devid, sockfd, busid = fields[:7]
+    return Port(hub, int(number), int(status), int(speed), int(devid, 16), int(sockfd), busid)
+
+
+def _write(path: Path, text: str) -> None:
+    # One write() without a newline, as the kernel parses the buffer it gets.
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _sysfs_error(error: OSError, what: str) -> VhciError:
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return VhciError(f"{what} needs root (permission denied on vhci's sysfs files)")
+    return VhciError(f"vhci {what} failed: {os.strerror(error.errno or 0)}")
+
+
+def import_socket(
+    host: str, busid: str, tcp_port: int = DEFAULT_PORT, timeout: float = 10.0
+) -> tuple[socket.socket, DeviceInfo]:
+    """OP_REQ_IMPORT over a blocking socket, reading exactly the reply's bytes.
+
+    Nothing past OP_REP_IMPORT may be read in userspace: the kernel reads the URB stream
+    from this socket once it is attached.
+    """
+    try:
+        sock = socket.create_connection((host, tcp_port), timeout=timeout)
+    except socket.gaierror as error:
+        raise ServerUnreachable(f"cannot resolve {host}: {error.strerror}") from None
+    except ConnectionRefusedError:
+        raise ServerUnreachable(f"{host}:{tcp_port}: connection refused (is a server running?)") from None
+    except TimeoutError:
+        raise ServerUnreachable(f"{host}:{tcp_port}: no answer within {timeout:g} s") from None
+    except OSError as error:
+        raise ServerUnreachable(f"{host}:{tcp_port}: {error.strerror or error}") from None
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        conn = ClientConnection()
+        sock.sendall(conn.send(OpReqImport(busid=busid)))
+        conn.receive_data(_read_exactly(sock, OP_HEADER_SIZE))
+        reply = conn.next_event()
+        if reply is NEED_DATA:
+            conn.receive_data(_read_exactly(sock, DEVICE_RECORD_SIZE))
+            reply = conn.next_event()
+        assert isinstance(reply, OpRepImport)
+        if reply.status != OpStatus.OK or reply.device is None:
+            raise ImportRefused(busid, reply.status, _refusal(reply.status, busid))
+        if reply.device.busid != busid:
+            raise RemoteProtocolError(
+                f"server answered for busid {reply.device.busid!r}", field="busid", value=reply.device.busid
+            )
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, reply.device
+
+
+def _refusal(status: OpStatus, busid: str) -> str:
+    if status == OpStatus.NODEV:
+        return f"busid {busid} is not exported by the server"
+    if status == OpStatus.DEV_BUSY:
+        return f"device {busid} is busy (imported by another client)"
+    return status.text
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise RemoteProtocolError(
+                "the server closed the connection during the import", field="length", value=len(data)
+            )
+        data += chunk
+    return data
+
+
+def attach(host: str, busid: str, tcp_port: int = DEFAULT_PORT, vhci: Vhci | None = None) -> int:
+    """``usbip attach`` in Python: returns the vhci port the device is on."""
+    vhci = vhci or Vhci()
+    vhci.check()
+    if os.geteuid() != 0:
+        raise VhciError("attaching a device needs root")
+    sock, device = import_socket(host, busid, tcp_port)
+    try:
+        port = vhci.attach(sock, device)
+    finally:
+        # The kernel holds its own reference now; close ours, never shut it down.
+        sock.close()
+    vhci.record(port, host, tcp_port, busid)
+    return port
