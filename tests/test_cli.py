@@ -15,7 +15,20 @@ from pathlib import Path
 import pytest
 
 USBWIRE = [sys.executable, "-m", "usbwire"]
-COMMANDS = ["serve", "list", "status", "export", "unexport", "type", "mouse", "attach", "detach", "port"]
+COMMANDS = [
+    "serve",
+    "list",
+    "status",
+    "export",
+    "unexport",
+    "type",
+    "mouse",
+    "attach",
+    "detach",
+    "port",
+    "bind",
+    "unbind",
+]
 
 
 def usbwire(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

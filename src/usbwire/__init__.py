@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from usbwire.backends.usbip_host import BindError, bind, local_devices, unbind
 from usbwire.client import ServerUnreachable, SyncDevice, connect, import_device, list_devices
 from usbwire.client.vhci import Vhci, VhciError
 from usbwire.client.vhci import attach as vhci_attach
@@ -29,6 +30,7 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "DEFAULT_CONTROL_PATH",
     "DEFAULT_PORT",
+    "BindError",
     "ControlError",
     "ControlServer",
     "DeviceInfo",
@@ -50,12 +52,15 @@ __all__ = [
     "Vhci",
     "VhciError",
     "__version__",
+    "bind",
     "connect",
     "control_request",
     "import_device",
     "list_devices",
     "load_usb_ids",
+    "local_devices",
     "run",
     "serve",
+    "unbind",
     "vhci_attach",
 ]

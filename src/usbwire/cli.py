@@ -69,7 +69,22 @@ def _parser() -> argparse.ArgumentParser:
         help="address to listen on (repeatable; default: every IPv4 and IPv6 address)",
     )
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
-    serve.add_argument("--demo", action="store_true", help="export the built-in demo devices")
+    serve.add_argument(
+        "--demo", action="store_true", help="export the built-in demo devices (the default with no --export)"
+    )
+    serve.add_argument(
+        "--export",
+        action="append",
+        default=[],
+        metavar="BUSID|VID:PID|all",
+        help="share real devices that match (repeatable); devices plugged in later are picked up",
+    )
+    serve.add_argument(
+        "--backend",
+        choices=["libusb", "usbip-host"],
+        default="libusb",
+        help="how real devices are shared: libusb passthrough, or Linux's usbip-host (after 'usbwire bind')",
+    )
     serve.add_argument(
         "--control",
         default=DEFAULT_CONTROL_PATH,
@@ -93,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
         help="list the devices a server exports",
         description="List exportable devices.",
     )
-    listing.add_argument("-r", "--remote", required=True, metavar="HOST", help="server to ask")
+    where = listing.add_mutually_exclusive_group(required=True)
+    where.add_argument("-r", "--remote", metavar="HOST", help="list what server HOST exports")
+    where.add_argument("-l", "--local", action="store_true", help="list this machine's USB devices")
     listing.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(run=_list)
@@ -137,6 +154,13 @@ def _parser() -> argparse.ArgumentParser:
     port.add_argument("--json", action="store_true", help="machine-readable output")
     port.set_defaults(run=_port)
 
+    bind = commands.add_parser("bind", parents=[verbose], help="give a local device to Linux's usbip-host")
+    bind.add_argument("-b", "--busid", required=True)
+    bind.set_defaults(run=_bind)
+    unbind = commands.add_parser("unbind", parents=[verbose], help="give a device back to its usual driver")
+    unbind.add_argument("-b", "--busid", required=True)
+    unbind.set_defaults(run=_unbind)
+
     typing = commands.add_parser(
         "type", parents=[verbose], help="type text on an emulated keyboard of a running server"
     )
@@ -173,6 +197,8 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         control_path=None if args.control == "none" else args.control,
         demo=args.demo,
+        exports=tuple(args.export),
+        backend=args.backend,
         limits=Limits(max_in_flight=args.max_in_flight),
     )
     usbwire.run(usbwire.serve(options), loop=args.loop)
@@ -180,6 +206,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    if args.local:
+        return _list_local(args)
     devices = asyncio.run(usbwire.list_devices(args.remote, args.port))
     if args.json:
         print(json.dumps([_device_json(d) for d in devices], indent=2))
@@ -331,4 +359,47 @@ def _port(args: argparse.Namespace) -> int:
         else:
             print(f"{port.local_busid:>10} -> unknown host, remote port and remote busid")
         print(f"{'':>10} -> remote bus/dev {(port.devid >> 16) & 0xFF:03d}/{port.devid & 0xFF:03d}")
+    return 0
+
+
+def _list_local(args: argparse.Namespace) -> int:
+    ids = usbwire.load_usb_ids()
+    rows = []
+    for device in usbwire.local_devices():
+        if device.is_hub:
+            continue
+        vendor, product = device.vid_pid
+        rows.append(
+            {
+                "busid": device.busid,
+                "vid_pid": f"{vendor:04x}:{product:04x}",
+                "vendor": ids.vendors.get(vendor),
+                "product": ids.products.get((vendor, product)),
+                "driver": device.driver,
+                "exported": device.driver == "usbip-host",
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row, device in zip(rows, [d for d in usbwire.local_devices() if not d.is_hub], strict=True):
+        vendor, product = device.vid_pid
+        print(f" - busid {row['busid']} ({row['vid_pid']})")
+        print(f"   {ids.product_text(vendor, product)}")
+        print(
+            f"   driver: {row['driver'] or 'none'}{'  (exported via usbip-host)' if row['exported'] else ''}"
+        )
+        print()
+    return 0
+
+
+def _bind(args: argparse.Namespace) -> int:
+    usbwire.bind(args.busid)
+    print(f"bind device on busid {args.busid}: complete")
+    return 0
+
+
+def _unbind(args: argparse.Namespace) -> int:
+    usbwire.unbind(args.busid)
+    print(f"unbind device on busid {args.busid}: complete")
     return 0

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from usbwire import demo
-from usbwire.backends.base import ExportedDevice
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.cdc import Serial
 from usbwire.devices.cdc.pty import PtyBridge
 from usbwire.errors import UsbwireError
+from usbwire.exports import ExportRules, RealDevices
 from usbwire.protocol.constants import DEFAULT_PORT
 from usbwire.server.control import DEFAULT_CONTROL_PATH, ControlServer
 from usbwire.server.server import Limits, Server
@@ -30,6 +30,9 @@ class ServeOptions:
     port: int = DEFAULT_PORT
     control_path: str | None = DEFAULT_CONTROL_PATH
     demo: bool = False
+    # Real devices to share (busids, VID:PIDs or "all") and how.
+    exports: tuple[str, ...] = ()
+    backend: str = "libusb"
     limits: Limits = field(default_factory=Limits)
 
 
@@ -48,11 +51,15 @@ def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
 
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
     server = Server(limits=options.limits)
-    exports: list[ExportedDevice] = list(demo.demo_exports())
-    if not options.demo:
-        log.info("no devices configured: serving the demo devices")
-    for export in exports:
-        server.registry.add(export)
+    rules = ExportRules.parse(options.exports)
+    real = RealDevices(server.registry, rules, options.backend) if rules else None
+    if options.demo or not rules:
+        if not options.demo:
+            log.info("no devices configured: serving the demo devices")
+        for export in demo.demo_exports():
+            server.registry.add(export)
+    if real is not None:
+        await real.start()
     await server.start(list(options.hosts) if options.hosts else None, options.port)
     control = None
     if options.control_path:
@@ -81,8 +88,10 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         if control is not None:
             await control.close()
         await server.close()
-        for export in server.registry:
-            await export.close()
+        if real is not None:
+            await real.close()
+        for exported in server.registry:
+            await exported.close()
 
 
 def _serial_ports(server: Server) -> list[tuple[str, Serial]]:

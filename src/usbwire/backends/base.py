@@ -67,3 +67,26 @@ class ExportedDevice(abc.ABC):
 
     async def close(self) -> None:
         """The import ended (detach, disconnect or error): flush and release."""
+
+    @property
+    def available(self) -> bool:
+        """Whether an IMPORT may take the device now (beyond the server's own bookkeeping)."""
+        return True
+
+
+class KernelExport(ExportedDevice):
+    """A device whose URBs the server's kernel answers (Linux ``usbip-host``).
+
+    On IMPORT the server hands the connected socket over with :meth:`hand_over` *before*
+    replying, and never reads from it again.
+    """
+
+    @abc.abstractmethod
+    def hand_over(self, fd: int) -> None:
+        """Give the socket ``fd`` to the kernel; raises OSError if it refuses."""
+
+    def endpoint_type(self, ep: int, direction: Direction) -> TransferType | None:
+        return None
+
+    async def submit(self, urb: Urb) -> UrbResult:
+        raise RuntimeError("the kernel answers this device's URBs")

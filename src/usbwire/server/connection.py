@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING, cast
 
+from usbwire.backends.base import KernelExport
 from usbwire.errors import RemoteProtocolError
 from usbwire.protocol.connection import ServerConnection
 from usbwire.protocol.constants import Direction, OpStatus, TransferType
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("usbwire.server")
 
+# Seconds between checks that a client we stopped reading from is still there.
+LIVENESS_PERIOD = 1.0
+
 
 class UsbipProtocol(asyncio.Protocol):
     """Serves one client: a DEVLIST, a refused IMPORT, or a whole import session."""
@@ -51,6 +56,7 @@ class UsbipProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._closing = False
+        self._liveness: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -77,6 +83,8 @@ class UsbipProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._liveness is not None:
+            self._liveness.cancel()
         if self.dispatcher is not None:
             self.dispatcher.close()
         if self.busid is not None:
@@ -133,9 +141,33 @@ class UsbipProtocol(asyncio.Protocol):
             self.send(self.conn.send(OpRepImport(status=claimed)))
             self._close(None)
             return
+        if isinstance(claimed, KernelExport):
+            self._hand_over(busid, claimed)
+            return
         self.busid = busid
         self.device = claimed
         asyncio.get_running_loop().create_task(self._open(claimed))
+
+    def _hand_over(self, busid: str, device: KernelExport) -> None:
+        """Give the connection to the kernel's stub: the fastest path on Linux."""
+        assert self.transport is not None
+        # From here on every byte belongs to the kernel: a userspace read would steal URBs.
+        self.transport.pause_reading()
+        sock = self.transport.get_extra_info("socket")
+        try:
+            device.hand_over(sock.fileno())
+        except OSError as error:
+            self.server.registry.release(busid, self)
+            log.warning("%s import of %s: the kernel refused the socket: %s", self.peer, busid, error)
+            self.send(self.conn.send(OpRepImport(status=OpStatus.NA)))
+            self._close(None)
+            return
+        self.server.registry.release(busid, self)
+        log.info("%s imported %s (handed to the kernel's usbip-host)", self.peer, busid)
+        self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=device.info)))
+        # close() only drops our descriptor after the reply is written: the kernel keeps its own
+        # reference and the TCP connection lives on. Never shutdown() here.
+        self._close(None)
 
     async def _open(self, device: ExportedDevice) -> None:
         try:
@@ -185,9 +217,36 @@ class UsbipProtocol(asyncio.Protocol):
         if busy and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
+            self._schedule_liveness_check()
         elif not busy and self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
+            if self._liveness is not None:
+                self._liveness.cancel()
+                self._liveness = None
+
+    def _schedule_liveness_check(self) -> None:
+        # A transport that does not read does not notice the peer leaving either, and the
+        # URBs that keep us paused may wait forever (an IN nobody will feed). Peek now and
+        # then, without consuming anything, to release the device of a vanished client.
+        self._liveness = asyncio.get_running_loop().call_later(LIVENESS_PERIOD, self._check_liveness)
+
+    def _check_liveness(self) -> None:
+        self._liveness = None
+        if not self._reading_paused or self._closing or self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+                gone = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            gone = False
+        except OSError:
+            gone = True
+        if gone:
+            self._abort("client vanished while the server was not reading")
+        else:
+            self._schedule_liveness_check()
 
     def _close(self, reason: str | None) -> None:
         if reason:

@@ -56,13 +56,13 @@ class Registry:
 
     def available(self) -> list[DeviceInfo]:
         """What DEVLIST shows: like usbipd, devices in use are left out."""
-        return [d.info for busid, d in self._exports.items() if busid not in self._holders]
+        return [d.info for busid, d in self._exports.items() if busid not in self._holders and d.available]
 
     def claim(self, busid: str, holder: Holder) -> ExportedDevice | OpStatus:
         device = self._exports.get(busid)
         if device is None:
             return OpStatus.NODEV
-        if busid in self._holders:
+        if busid in self._holders or not device.available:
             return OpStatus.DEV_BUSY
         self._holders[busid] = holder
         return device

@@ -1,0 +1,402 @@
+"""Real devices through libusb (python-libusb1): every URB becomes a libusb transfer.
+
+libusb's event handling runs inside the asyncio loop: its file descriptors are watched with
+``add_reader``/``add_writer`` and its timeouts with ``call_later``, so completions arrive as
+loop callbacks without a thread or a busy loop. This works wherever libusb has pollable
+descriptors (Linux, the BSDs, macOS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import usb1
+
+from usbwire.backends.base import ExportedDevice, Urb, UrbResult
+from usbwire.protocol.constants import Direction, Errno, Speed, TransferType, UrbFlag
+from usbwire.protocol.descriptors import (
+    ConfigurationDescriptor,
+    EndpointDescriptor,
+    EndpointTable,
+    InterfaceDescriptor,
+)
+from usbwire.protocol.pdu import DeviceInfo, InterfaceInfo, IsoPacket
+
+log = logging.getLogger("usbwire.libusb")
+
+_STATUS = {
+    usb1.TRANSFER_COMPLETED: 0,
+    usb1.TRANSFER_ERROR: -Errno.EPROTO,
+    usb1.TRANSFER_TIMED_OUT: -Errno.ETIMEDOUT,
+    usb1.TRANSFER_CANCELLED: -Errno.ECONNRESET,
+    usb1.TRANSFER_STALL: -Errno.EPIPE,
+    usb1.TRANSFER_NO_DEVICE: -Errno.ENODEV,
+    usb1.TRANSFER_OVERFLOW: -Errno.EOVERFLOW,
+}
+_SPEED = {1: Speed.LOW, 2: Speed.FULL, 3: Speed.HIGH, 4: Speed.SUPER, 5: Speed.SUPER_PLUS}
+
+# bmRequestType, bRequest of the requests the kernel's stub runs through the host's USB
+# stack instead of sending them raw, so host-side state (configuration, toggles) stays right.
+SET_CONFIGURATION = (0x00, 9)
+SET_INTERFACE = (0x01, 11)
+CLEAR_HALT = (0x02, 1)
+PORT_RESET = (0x23, 3)
+
+
+def busid_of(device: usb1.USBDevice) -> str:
+    """The busid Linux gives the device (``bus-port.port...``), from its port path."""
+    ports = device.getPortNumberList() or [device.getDeviceAddress()]
+    return f"{device.getBusNumber()}-{'.'.join(str(p) for p in ports)}"
+
+
+class LoopIntegration:
+    """Drives a libusb context's events from an asyncio loop."""
+
+    def __init__(self, context: usb1.USBContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.context = context
+        self.loop = loop
+        self._fds: set[int] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        for fd, events in context.getPollFDList():
+            self._added(fd, events, None)
+        # Keep references: libusb calls back through these ctypes wrappers.
+        context.setPollFDNotifiers(self._added, self._removed)
+        self._arm_timer()
+
+    def _added(self, fd: int, events: int, user_data: Any) -> None:
+        import select
+
+        if events & select.POLLIN:
+            self.loop.add_reader(fd, self.handle_events)
+        if events & select.POLLOUT:
+            self.loop.add_writer(fd, self.handle_events)
+        self._fds.add(fd)
+
+    def _removed(self, fd: int, user_data: Any) -> None:
+        self.loop.remove_reader(fd)
+        self.loop.remove_writer(fd)
+        self._fds.discard(fd)
+
+    def handle_events(self) -> None:
+        try:
+            self.context.handleEventsTimeout(0)
+        except usb1.USBError as error:
+            log.warning("libusb event handling failed: %s", error)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        timeout = self.context.getNextTimeout()
+        if timeout is not None:
+            self._timer = self.loop.call_later(max(timeout, 0.0), self.handle_events)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for fd in list(self._fds):
+            self._removed(fd, None)
+
+
+def _configuration(config: usb1.USBConfiguration) -> ConfigurationDescriptor:
+    interfaces = []
+    for interface in config:
+        for setting in interface:
+            endpoints = tuple(
+                EndpointDescriptor(
+                    7,
+                    5,
+                    e.getAddress(),
+                    e.getAttributes(),
+                    e.getMaxPacketSize(),
+                    e.getInterval(),
+                    bytes(e.getExtra() or b""),
+                )
+                for e in setting
+            )
+            interfaces.append(
+                InterfaceDescriptor(
+                    9,
+                    4,
+                    setting.getNumber(),
+                    setting.getAlternateSetting(),
+                    setting.getNumEndpoints(),
+                    setting.getClass(),
+                    setting.getSubClass(),
+                    setting.getProtocol(),
+                    setting.getDescriptor(),
+                    endpoints=endpoints,
+                )
+            )
+    return ConfigurationDescriptor(
+        9, 2, config.getTotalLength(), config.getNumInterfaces(), config.getConfigurationValue(),
+        config.getDescriptor(), config.getAttributes(), config.getMaxPower(), interfaces=tuple(interfaces),
+    )  # fmt: skip
+
+
+class LibusbExport(ExportedDevice):
+    """One real device, opened and claimed while a client imports it."""
+
+    def __init__(self, device: usb1.USBDevice, context: usb1.USBContext) -> None:
+        self.device = device
+        self.context = context
+        self.busid = busid_of(device)
+        self.handle: usb1.USBDeviceHandle | None = None
+        self.endpoints = EndpointTable()
+        for config in device:
+            self.endpoints.add(_configuration(config))
+        self._claimed: list[int] = []
+        self._info = self._read_info()
+
+    def _read_info(self) -> DeviceInfo:
+        device = self.device
+        first = next(iter(self.endpoints.configurations.values()), None)
+        interfaces = tuple(
+            InterfaceInfo(i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol)
+            for i in (first.interfaces if first else ())
+            if i.bAlternateSetting == 0
+        )
+        path = f"/sys/bus/usb/devices/{self.busid}"
+        return DeviceInfo(
+            path=os.path.realpath(path) if os.path.exists(path) else path,
+            busid=self.busid,
+            busnum=device.getBusNumber(),
+            devnum=device.getDeviceAddress(),
+            speed=_SPEED.get(device.getDeviceSpeed(), Speed.HIGH),
+            idVendor=device.getVendorID(),
+            idProduct=device.getProductID(),
+            bcdDevice=device.getbcdDevice(),
+            bDeviceClass=device.getDeviceClass(),
+            bDeviceSubClass=device.getDeviceSubClass(),
+            bDeviceProtocol=device.getDeviceProtocol(),
+            bConfigurationValue=0,
+            bNumConfigurations=device.getNumConfigurations(),
+            bNumInterfaces=len(interfaces),
+            interfaces=interfaces,
+        )
+
+    @property
+    def info(self) -> DeviceInfo:
+        return self._info
+
+    def endpoint_type(self, ep: int, direction: Direction) -> TransferType | None:
+        return self.endpoints.transfer_type(ep, direction)
+
+    async def open(self) -> None:
+        self.handle = self.device.open()
+        with contextlib.suppress(usb1.USBError):
+            self.handle.setAutoDetachKernelDriver(True)
+        try:
+            value = self.handle.getConfiguration()
+        except usb1.USBError:
+            value = 0
+        self.endpoints.set_configuration(value)
+        self._claim_all()
+
+    def _claim_all(self) -> None:
+        assert self.handle is not None
+        active = self.endpoints.active
+        if active is None:
+            return
+        for number in sorted({i.bInterfaceNumber for i in active.interfaces}):
+            try:
+                self.handle.claimInterface(number)
+                self._claimed.append(number)
+            except usb1.USBError as error:
+                log.warning("%s: cannot claim interface %d: %s", self.busid, number, error)
+
+    def _release_all(self) -> None:
+        assert self.handle is not None
+        for number in self._claimed:
+            with contextlib.suppress(usb1.USBError):
+                self.handle.releaseInterface(number)
+        self._claimed = []
+
+    async def submit(self, urb: Urb) -> UrbResult:
+        if self.handle is None:
+            return UrbResult(status=-Errno.ENODEV)
+        if urb.transfer_type == TransferType.CONTROL:
+            special = self._special(urb)
+            if special is not None:
+                return special
+        transfer = self.handle.getTransfer(iso_packets=len(urb.iso_packets))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def completed(_: usb1.USBTransfer) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self._fill(transfer, urb, completed)
+        try:
+            transfer.submit()
+        except usb1.USBErrorNoDevice:
+            return UrbResult(status=-Errno.ENODEV)
+        except usb1.USBError as error:
+            log.warning("%s: submit failed: %s", self.busid, error)
+            return UrbResult(status=-Errno.EPROTO)
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # UNLINK: cancel at libusb and wait until the transfer is really finished.
+            with contextlib.suppress(usb1.USBError):
+                transfer.cancel()
+            await done
+            raise
+        return self._result(transfer, urb)
+
+    def _fill(
+        self, transfer: usb1.USBTransfer, urb: Urb, callback: Callable[[usb1.USBTransfer], None]
+    ) -> None:
+        address = urb.ep | (0x80 if urb.direction == Direction.IN else 0)
+        buffer: int | bytes = urb.length if urb.direction == Direction.IN else urb.data
+        if urb.transfer_type == TransferType.CONTROL:
+            request_type, request = urb.setup[0], urb.setup[1]
+            value = int.from_bytes(urb.setup[2:4], "little")
+            index = int.from_bytes(urb.setup[4:6], "little")
+            transfer.setControl(request_type, request, value, index, buffer, callback=callback)
+        elif urb.transfer_type == TransferType.BULK:
+            transfer.setBulk(address, buffer, callback=callback)
+        elif urb.transfer_type == TransferType.INTERRUPT:
+            transfer.setInterrupt(address, buffer, callback=callback)
+        else:
+            lengths = [p.length for p in urb.iso_packets]
+            transfer.setIsochronous(address, buffer, callback=callback, iso_transfer_length_list=lengths)
+
+    def _result(self, transfer: usb1.USBTransfer, urb: Urb) -> UrbResult:
+        status = _STATUS.get(transfer.getStatus(), -Errno.EPROTO)
+        if urb.transfer_type == TransferType.ISOCHRONOUS:
+            packets = []
+            data = bytearray()
+            errors = 0
+            for submitted, result in zip(urb.iso_packets, transfer.getISOSetupList(), strict=True):
+                packet_status = _STATUS.get(result["status"], -Errno.EPROTO)
+                errors += packet_status != 0
+                packets.append(
+                    IsoPacket(submitted.offset, submitted.length, result["actual_length"], packet_status)
+                )
+            if urb.direction == Direction.IN:
+                for _, chunk in transfer.iterISO():
+                    data += chunk
+            return UrbResult(status=status, data=bytes(data), iso_packets=tuple(packets), error_count=errors)
+        actual = transfer.getActualLength()
+        if urb.direction == Direction.OUT:
+            return UrbResult(status=status, actual_length=actual)
+        received = bytes(transfer.getBuffer()[:actual])
+        if not status and actual < urb.length and urb.flags & UrbFlag.SHORT_NOT_OK:
+            status = -Errno.EREMOTEIO
+        return UrbResult(status=status, data=received)
+
+    def _special(self, urb: Urb) -> UrbResult | None:
+        """Run the requests the kernel's stub intercepts through libusb's own calls."""
+        assert self.handle is not None
+        kind = (urb.setup[0], urb.setup[1])
+        value = int.from_bytes(urb.setup[2:4], "little")
+        index = int.from_bytes(urb.setup[4:6], "little")
+        try:
+            if kind == SET_CONFIGURATION:
+                self._release_all()
+                self.handle.setConfiguration(value)
+                self.endpoints.set_configuration(value)
+                self._claim_all()
+            elif kind == SET_INTERFACE:
+                self.handle.setInterfaceAltSetting(index, value)
+                self.endpoints.set_interface(index, value)
+            elif kind == CLEAR_HALT and value == 0:
+                self.handle.clearHalt(index & 0x8F)
+            elif kind == PORT_RESET and value == 4:
+                self.handle.resetDevice()
+            else:
+                return None
+        except usb1.USBErrorNoDevice:
+            return UrbResult(status=-Errno.ENODEV)
+        except usb1.USBError as error:
+            # Like the stub: if the host's call fails, let the device answer the raw request.
+            log.info("%s: %s failed (%s); sending the request as is", self.busid, kind, error)
+            return None
+        return UrbResult()
+
+    async def reset(self) -> None:
+        if self.handle is not None:
+            with contextlib.suppress(usb1.USBError):
+                self.handle.resetDevice()
+
+    async def close(self) -> None:
+        if self.handle is None:
+            return
+        self._release_all()
+        with contextlib.suppress(usb1.USBError):
+            self.handle.close()
+        self.handle = None
+
+
+class LibusbManager:
+    """Finds devices that match the export rules and follows them as they come and go."""
+
+    def __init__(
+        self,
+        matches: Callable[[LibusbExport], bool],
+        added: Callable[[LibusbExport], None],
+        removed: Callable[[str], None],
+        poll_interval: float = 2.0,
+    ) -> None:
+        self.matches = matches
+        self.added = added
+        self.removed = removed
+        self.poll_interval = poll_interval
+        self.context = usb1.USBContext()
+        self.exports: dict[str, LibusbExport] = {}
+        self._integration: LoopIntegration | None = None
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.context.open()
+        self._integration = LoopIntegration(self.context, asyncio.get_running_loop())
+        self.rescan()
+        # Hotplug callbacks would need libusb's event thread semantics; a slow rescan is
+        # simpler, portable, and not a busy loop.
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            self.rescan()
+
+    def rescan(self) -> None:
+        present: dict[str, usb1.USBDevice] = {}
+        for device in self.context.getDeviceIterator(skip_on_error=True):
+            if device.getDeviceClass() == 0x09:  # hubs are never exported
+                continue
+            present[busid_of(device)] = device
+        for busid in list(self.exports):
+            export = self.exports[busid]
+            current = present.get(busid)
+            if current is None or current.getDeviceAddress() != export.device.getDeviceAddress():
+                del self.exports[busid]
+                log.info("%s is gone", busid)
+                self.removed(busid)
+        for busid, device in present.items():
+            if busid in self.exports:
+                continue
+            try:
+                export = LibusbExport(device, self.context)
+            except usb1.USBError as error:
+                log.debug("%s: cannot read descriptors: %s", busid, error)
+                continue
+            if self.matches(export):
+                self.exports[busid] = export
+                self.added(export)
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        for export in self.exports.values():
+            await export.close()
+        if self._integration is not None:
+            self._integration.close()
+        self.context.close()
