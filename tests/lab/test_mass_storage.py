@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import RunningServer, start_server
 from usbwire.backends.emulated import EmulatedExport
-from usbwire.devices.msc import VENDOR_ID, MassStorage
 from usbwire.devices.msc import PRODUCT_ID as DISK_PRODUCT_ID
+from usbwire.devices.msc import VENDOR_ID, MassStorage
 
 from .scenarios import KernelClient, kernel_client
 from .session import Lab
