@@ -87,13 +87,14 @@ def test_ext4_file_survives_detach_and_reattach_and_fsck_is_clean(
 def test_a_cut_connection_mid_write_loses_nothing_that_was_synced(
     lab: Lab, disk_server: tuple[RunningServer, Path]
 ) -> None:
-    server, image = disk_server
+    server, _ = disk_server
     with kernel_client(lab, cpus=2) as client:
         dev = attach(client, server)
         sh(client, f"mkfs.ext4 -q -F {dev} && mkdir -p {MOUNT} && mount {dev} {MOUNT}")
         synced = sh(
             client,
-            f"dd if=/dev/urandom of={MOUNT}/synced bs=1M count=8 status=none && sync && sha256sum {MOUNT}/synced",
+            f"dd if=/dev/urandom of={MOUNT}/synced bs=1M count=8 status=none"
+            f" && sync && sha256sum {MOUNT}/synced",
         ).split()[0]
         writer = client.vm.start_chroot_command(f"dd if=/dev/zero of={MOUNT}/big bs=1M count=128 conv=fsync")
         # Let the write get going, then cut the client's TCP connection from the server side.
