@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -52,7 +52,7 @@ class RunningServer:
 
 def start_server(
     limits: Limits | None = None, extra_exports: Sequence[EmulatedExport] = ()
-) -> Iterator[RunningServer]:
+) -> Generator[RunningServer, None, None]:
     """Run a server on 127.0.0.1 exporting the demo devices, then ``extra_exports``."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="usbwire-server", daemon=True)

@@ -10,6 +10,7 @@ from usbwire.devices.base import Device
 from usbwire.devices.cdc import Serial
 from usbwire.devices.hid import Button, Keyboard, Mouse
 from usbwire.devices.loopback import Loopback
+from usbwire.devices.msc import scratch_disk
 from usbwire.errors import ControlError
 from usbwire.server.control import ControlServer
 from usbwire.server.registry import Registry
@@ -17,6 +18,7 @@ from usbwire.server.registry import Registry
 # kind -> (factory, description); the demo set grows with the device classes.
 DEVICE_KINDS: dict[str, tuple[Callable[[], Device], str]] = {
     "loopback": (Loopback, "vendor-class bulk loopback"),
+    "disk": (scratch_disk, "mass storage (SCSI, Bulk-Only) on a 64 MiB scratch image"),
     "keyboard": (Keyboard, "HID boot keyboard"),
     "mouse": (Mouse, "HID boot mouse"),
     "serial": (Serial, "CDC-ACM serial port"),

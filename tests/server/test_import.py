@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import struct
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, wait_released
 from tests.wire import WireClient
 from usbwire.protocol import Direction, Errno, OpStatus, RetSubmit, RetUnlink, Speed
 
@@ -76,7 +76,8 @@ def test_bulk_loopback_with_one_urb_in_flight(server: RunningServer) -> None:
         for size in (1, 64, 512, 4096, 65536):
             payload = os.urandom(size)
             out = client.submit(ep=1, direction=Direction.OUT, data=payload)
-            assert replies(client, 1)[out].actual_length == size
+            sent = replies(client, 1)[out]
+            assert isinstance(sent, RetSubmit) and sent.actual_length == size
             back = client.submit(ep=1, direction=Direction.IN, length=size)
             reply = replies(client, 1)[back]
             assert isinstance(reply, RetSubmit)
@@ -135,6 +136,7 @@ def test_client_vanishing_with_urbs_in_flight_frees_the_device(server: RunningSe
         configure(client)
         for _ in range(8):
             client.submit(ep=1, direction=Direction.IN, length=512)
+    wait_released(server, LOOPBACK)  # the server must first see the EOF and close the device
     with WireClient(server.port) as again:
         assert again.import_(LOOPBACK).status == OpStatus.OK
         configure(again)

@@ -116,7 +116,7 @@ def _configuration(config: usb1.USBConfiguration) -> ConfigurationDescriptor:
                     e.getAttributes(),
                     e.getMaxPacketSize(),
                     e.getInterval(),
-                    bytes(e.getExtra() or b""),
+                    b"".join(e.getExtra() or ()),
                 )
                 for e in setting
             )
@@ -135,7 +135,7 @@ def _configuration(config: usb1.USBConfiguration) -> ConfigurationDescriptor:
                 )
             )
     return ConfigurationDescriptor(
-        9, 2, config.getTotalLength(), config.getNumInterfaces(), config.getConfigurationValue(),
+        9, 2, 0, config.getNumInterfaces(), config.getConfigurationValue(),
         config.getDescriptor(), config.getAttributes(), config.getMaxPower(), interfaces=tuple(interfaces),
     )  # fmt: skip
 
@@ -143,15 +143,20 @@ def _configuration(config: usb1.USBConfiguration) -> ConfigurationDescriptor:
 class LibusbExport(ExportedDevice):
     """One real device, opened and claimed while a client imports it."""
 
-    def __init__(self, device: usb1.USBDevice, context: usb1.USBContext) -> None:
+    def __init__(
+        self, device: usb1.USBDevice, context: usb1.USBContext, gone: Callable[[], None] = lambda: None
+    ) -> None:
         self.device = device
         self.context = context
+        # Called when a transfer finds the device unplugged, so the export goes at once.
+        self.gone = gone
         self.busid = busid_of(device)
         self.handle: usb1.USBDeviceHandle | None = None
         self.endpoints = EndpointTable()
         for config in device:
             self.endpoints.add(_configuration(config))
         self._claimed: list[int] = []
+        self._detached: set[int] = set()
         self._info = self._read_info()
 
     def _read_info(self) -> DeviceInfo:
@@ -190,8 +195,6 @@ class LibusbExport(ExportedDevice):
 
     async def open(self) -> None:
         self.handle = self.device.open()
-        with contextlib.suppress(usb1.USBError):
-            self.handle.setAutoDetachKernelDriver(True)
         try:
             value = self.handle.getConfiguration()
         except usb1.USBError:
@@ -206,6 +209,12 @@ class LibusbExport(ExportedDevice):
             return
         for number in sorted({i.bInterfaceNumber for i in active.interfaces}):
             try:
+                # Detach by hand rather than libusb's auto-detach, which would give the
+                # interface back to its kernel driver on every release (and make a later
+                # SET_CONFIGURATION fail with BUSY).
+                if self.handle.kernelDriverActive(number):
+                    self.handle.detachKernelDriver(number)
+                    self._detached.add(number)
                 self.handle.claimInterface(number)
                 self._claimed.append(number)
             except usb1.USBError as error:
@@ -217,6 +226,13 @@ class LibusbExport(ExportedDevice):
             with contextlib.suppress(usb1.USBError):
                 self.handle.releaseInterface(number)
         self._claimed = []
+
+    def _reattach_drivers(self) -> None:
+        assert self.handle is not None
+        for number in sorted(self._detached):
+            with contextlib.suppress(usb1.USBError):
+                self.handle.attachKernelDriver(number)
+        self._detached.clear()
 
     async def submit(self, urb: Urb) -> UrbResult:
         if self.handle is None:
@@ -248,7 +264,10 @@ class LibusbExport(ExportedDevice):
                 transfer.cancel()
             await done
             raise
-        return self._result(transfer, urb)
+        result = self._result(transfer, urb)
+        if result.status == -Errno.ENODEV:
+            self.gone()
+        return result
 
     def _fill(
         self, transfer: usb1.USBTransfer, urb: Urb, callback: Callable[[usb1.USBTransfer], None]
@@ -300,10 +319,15 @@ class LibusbExport(ExportedDevice):
         index = int.from_bytes(urb.setup[4:6], "little")
         try:
             if kind == SET_CONFIGURATION:
-                self._release_all()
-                self.handle.setConfiguration(value)
-                self.endpoints.set_configuration(value)
-                self._claim_all()
+                active = self.endpoints.active
+                if active is None or active.bConfigurationValue != value:
+                    self._release_all()
+                    self.handle.setConfiguration(value)
+                    self.endpoints.set_configuration(value)
+                    self._claim_all()
+                # The same configuration again (what every host does after enumerating):
+                # nothing to change on the host side, and usbfs would refuse it while the
+                # interfaces are claimed.
             elif kind == SET_INTERFACE:
                 self.handle.setInterfaceAltSetting(index, value)
                 self.endpoints.set_interface(index, value)
@@ -330,13 +354,47 @@ class LibusbExport(ExportedDevice):
         if self.handle is None:
             return
         self._release_all()
+        self._reattach_drivers()
         with contextlib.suppress(usb1.USBError):
             self.handle.close()
         self.handle = None
 
 
+class _Scan:
+    """One libusb context, its loop integration and the exports that still use it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.context = usb1.USBContext()
+        self.context.open()
+        self.loop = loop
+        self.integration: LoopIntegration | None = None
+        self.users: set[str] = set()
+
+    def keep_for(self, busid: str) -> None:
+        if self.integration is None:
+            self.integration = LoopIntegration(self.context, self.loop)
+        self.users.add(busid)
+
+    def release(self, busid: str) -> None:
+        self.users.discard(busid)
+        if not self.users:
+            self.close()
+
+    def close(self) -> None:
+        if self.integration is not None:
+            self.integration.close()
+            self.integration = None
+        self.context.close()
+
+
 class LibusbManager:
-    """Finds devices that match the export rules and follows them as they come and go."""
+    """Finds devices that match the export rules and follows them as they come and go.
+
+    Every scan enumerates in a fresh libusb context: a context's device list only changes
+    through hotplug events, which libusb gets from udev where it was built with udev
+    support, and a machine without a running udevd (containers, minimal VMs) sends none.
+    A context lives on as long as an export made from it.
+    """
 
     def __init__(
         self,
@@ -349,17 +407,12 @@ class LibusbManager:
         self.added = added
         self.removed = removed
         self.poll_interval = poll_interval
-        self.context = usb1.USBContext()
         self.exports: dict[str, LibusbExport] = {}
-        self._integration: LoopIntegration | None = None
+        self._scans: dict[str, _Scan] = {}
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.context.open()
-        self._integration = LoopIntegration(self.context, asyncio.get_running_loop())
         self.rescan()
-        # Hotplug callbacks would need libusb's event thread semantics; a slow rescan is
-        # simpler, portable, and not a busy loop.
         self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _poll(self) -> None:
@@ -368,35 +421,44 @@ class LibusbManager:
             self.rescan()
 
     def rescan(self) -> None:
-        present: dict[str, usb1.USBDevice] = {}
-        for device in self.context.getDeviceIterator(skip_on_error=True):
-            if device.getDeviceClass() == 0x09:  # hubs are never exported
-                continue
-            present[busid_of(device)] = device
-        for busid in list(self.exports):
-            export = self.exports[busid]
-            current = present.get(busid)
-            if current is None or current.getDeviceAddress() != export.device.getDeviceAddress():
-                del self.exports[busid]
-                log.info("%s is gone", busid)
-                self.removed(busid)
-        for busid, device in present.items():
-            if busid in self.exports:
-                continue
-            try:
-                export = LibusbExport(device, self.context)
-            except usb1.USBError as error:
-                log.debug("%s: cannot read descriptors: %s", busid, error)
-                continue
-            if self.matches(export):
-                self.exports[busid] = export
-                self.added(export)
+        scan = _Scan(asyncio.get_running_loop())
+        try:
+            present: dict[str, usb1.USBDevice] = {}
+            for device in scan.context.getDeviceIterator(skip_on_error=True):
+                if device.getDeviceClass() == 0x09:  # hubs are never exported
+                    continue
+                present[busid_of(device)] = device
+            for busid in list(self.exports):
+                current = present.get(busid)
+                if current is None or current.getDeviceAddress() != self.exports[busid].info.devnum:
+                    del self.exports[busid]
+                    log.info("%s is gone", busid)
+                    self.removed(busid)
+                    self._scans.pop(busid).release(busid)
+            for busid, device in present.items():
+                if busid in self.exports:
+                    continue
+                try:
+                    export = LibusbExport(device, scan.context, self._soon_rescan)
+                except usb1.USBError as error:
+                    log.debug("%s: cannot read descriptors: %s", busid, error)
+                    continue
+                if self.matches(export):
+                    scan.keep_for(busid)
+                    self._scans[busid] = scan
+                    self.exports[busid] = export
+                    self.added(export)
+        finally:
+            if not scan.users:
+                scan.close()
+
+    def _soon_rescan(self) -> None:
+        asyncio.get_running_loop().call_soon(self.rescan)
 
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
-        for export in self.exports.values():
+        for busid, export in list(self.exports.items()):
             await export.close()
-        if self._integration is not None:
-            self._integration.close()
-        self.context.close()
+            self._scans.pop(busid).release(busid)
+        self.exports.clear()

@@ -442,6 +442,15 @@ def read_ret(buf: Buffer, outstanding: Callable[[int], Outstanding | None]) -> R
         )
     except LocalProtocolError as error:
         raise _remote(error) from None
+    for packet in ret.iso_packets:
+        # Spreading the packed IN data back to this offset must stay inside the buffer.
+        if packet.offset + packet.length > request.transfer_buffer_length:
+            raise RemoteProtocolError(
+                f"iso packet {packet.offset}+{packet.length} ends past the "
+                f"{request.transfer_buffer_length}-byte buffer",
+                field="iso offset",
+                value=packet.offset,
+            )
     return ret, total
 
 

@@ -281,12 +281,19 @@ def _check_answer(ret: RetSubmit, request: Outstanding) -> None:
             field="number_of_packets",
             value=ret.number_of_packets,
         )
-    if request.iso != bool(ret.iso_packets) and request.number_of_packets:
+    if request.iso != bool(ret.iso_packets):
         raise LocalProtocolError(
             "iso descriptors go exactly with iso requests",
             field="iso_packets",
             value=len(ret.iso_packets),
         )
+    for packet in ret.iso_packets:
+        if packet.offset + packet.length > request.transfer_buffer_length:
+            raise LocalProtocolError(
+                f"iso packet {packet.offset}+{packet.length} ends past the buffer",
+                field="iso offset",
+                value=packet.offset,
+            )
 
 
 class ClientConnection(Connection):

@@ -284,6 +284,11 @@ _RET_SUBMIT_RANGES = (
 def _check_control(cmd: CmdSubmit) -> None:
     # The server's USB core refuses a control URB whose length disagrees with wLength,
     # and the data stage direction is fixed by bmRequestType.
+    if cmd.iso_packets:
+        # ep 0 is never isochronous: no server reads descriptors after a control request.
+        raise LocalProtocolError(
+            "a control transfer has no iso packets", field="iso_packets", value=len(cmd.iso_packets)
+        )
     w_length = int.from_bytes(cmd.setup[6:8], "little")
     if w_length != cmd.transfer_buffer_length:
         raise LocalProtocolError(

@@ -235,15 +235,7 @@ class UsbipProtocol(asyncio.Protocol):
         self._liveness = None
         if not self._reading_paused or self._closing or self.transport is None:
             return
-        sock = self.transport.get_extra_info("socket")
-        try:
-            with socket.socket(fileno=os.dup(sock.fileno())) as peek:
-                gone = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            gone = False
-        except OSError:
-            gone = True
-        if gone:
+        if _peer_gone(self.transport.get_extra_info("socket")):
             self._abort("client vanished while the server was not reading")
         else:
             self._schedule_liveness_check()
@@ -286,6 +278,27 @@ class UsbipProtocol(asyncio.Protocol):
             "urbs": self.dispatcher.urbs if self.dispatcher else 0,
             "in_flight": self.dispatcher.in_flight if self.dispatcher else 0,
         }
+
+
+_TCP_ESTABLISHED = 1  # tcpi_state of Linux's struct tcp_info
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    """Whether the peer closed or reset the connection, found without consuming any byte."""
+    if hasattr(socket, "TCP_INFO") and sock.family in (socket.AF_INET, socket.AF_INET6):
+        # Linux: the TCP state tells even when unread requests sit in front of the FIN, which
+        # a peek cannot see past (CLOSE_WAIT after the peer's FIN, CLOSE after a reset).
+        try:
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
+        except OSError:
+            pass
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _is_iso(device: ExportedDevice, ep: int, direction: Direction) -> bool:

@@ -75,6 +75,14 @@ class Server:
                 connection.transport.abort()
         for server in self._servers:
             await server.wait_closed()
+        # abort() reports connection_lost() on a later loop iteration, and only then does a
+        # connection hand its device to close(): wait until every connection is gone (aborting
+        # again any that the listener accepted just before it closed).
+        while self._connections:
+            for connection in list(self._connections):
+                if connection.transport is not None:
+                    connection.transport.abort()
+            await asyncio.sleep(0)
         # Let device close() calls (storage flushes) finish before we return.
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)

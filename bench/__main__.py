@@ -1,0 +1,7 @@
+"""``python -m bench`` (``./run bench``): see bench/README.md."""
+
+import sys
+
+from bench._cli import main
+
+sys.exit(main())
