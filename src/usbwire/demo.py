@@ -24,7 +24,7 @@ DEVICE_KINDS: dict[str, tuple[Callable[[], Device], str]] = {
     "serial": (Serial, "CDC-ACM serial port"),
 }
 # Order fixes the busids (1-1, 1-2, ...): never reorder, only append.
-DEMO_SET = ("loopback", "keyboard", "mouse", "serial")
+DEMO_SET = ("loopback", "keyboard", "mouse", "serial", "disk")
 
 
 def demo_exports() -> list[EmulatedExport]:

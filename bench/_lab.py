@@ -1,0 +1,173 @@
+"""Kernel-lab benchmark: the guest kernel's own ``dd`` through vhci, one VM, every server.
+
+In one VM run, a 64 MiB O_DIRECT write and read of a disk the guest imported through its
+own vhci-hcd from:
+
+- ``kernel``: the guest kernel's usbip-host exporting QEMU's usb-storage over 127.0.0.1
+  (Debian's usbipd) -- the reference;
+- ``usbwire-emulated``: usbwire's emulated disk served from the host (10.0.2.2);
+- ``usbwire-libusb``: usbwire in the guest passing QEMU's usb-storage through libusb;
+- ``usbwire-usbip-host``: usbwire in the guest handing imports to usbip-host.
+
+TCG makes absolute figures small; the ratios to the kernel in the same VM are the point.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench._model import Row, Sample, SectionResult
+from bench._registry import Context, section
+
+SIZE_MB = 64
+KERNEL = "kernel"
+SERVERS = (KERNEL, "usbwire-emulated", "usbwire-libusb", "usbwire-usbip-host")
+
+
+def _dd_rate(output: str) -> float:
+    """MB/s from busybox or coreutils dd's summary line."""
+    match = re.search(r"([\d.]+) (?:s|seconds),? ([\d.]+) ([kMG])B/s", output)
+    if match:
+        return float(match[2]) * {"k": 1e-3, "M": 1.0, "G": 1e3}[match[3]]
+    match = re.search(r"(\d+) bytes .* ([\d.]+) s", output)
+    if match:
+        return int(match[1]) / float(match[2]) / 1e6
+    raise ValueError(f"no rate in dd output: {output!r}")
+
+
+@section("kernel-lab", "Kernel lab: guest dd through vhci (64 MiB, O_DIRECT, TCG VM)", quick=False, order=40)
+def kernel_lab(ctx: Context) -> SectionResult:
+    from tests.lab.scenarios import USBIP_PORT, bind_to_usbip_host, start_usbipd
+    from tests.lab.session import Lab
+    from tests.lab.usbdevices import QEMU_STORAGE_ID, storage
+
+    result = SectionResult("kernel-lab", "Kernel lab: guest dd through vhci")
+    write = Row(
+        "lab-dd-write", f"guest dd write {SIZE_MB} MiB", "MB/s", "VM: 2 vCPUs, unpinned", compare=False
+    )
+    read = Row("lab-dd-read", f"guest dd read {SIZE_MB} MiB", "MB/s", "VM: 2 vCPUs, unpinned", compare=False)
+    result.rows += [write, read]
+    try:
+        lab = Lab.create()
+    except Exception as error:
+        result.notes.append(f"kernel lab unavailable: {error}")
+        return result
+
+    with tempfile.TemporaryDirectory() as scratch:
+        image = Path(scratch) / "qemu-disk.img"
+        with image.open("wb") as disk:
+            disk.truncate((SIZE_MB + 16) << 20)
+        with (
+            _host_disk(Path(scratch) / "usbwire-disk.img") as host_port,
+            lab.vm(usb=[storage(image, id="disk")], cpus=2, memory_mb=1024, hard_timeout_s=1800) as vm,
+        ):
+            busid = vm.wait_for_usb(*QEMU_STORAGE_ID)
+
+            def measure(server: str, attach: Callable[[], str]) -> None:
+                local = attach()
+                dev = _block(vm, local)
+                w = vm.run(f"dd if=/dev/zero of={dev} bs=1M count={SIZE_MB} oflag=direct 2>&1", 600)
+                r = vm.run(f"dd if={dev} of=/dev/null bs=1M count={SIZE_MB} iflag=direct 2>&1", 600)
+                write.add(server, Sample(_dd_rate(w.out + w.err)) if w.ok else None)
+                read.add(server, Sample(_dd_rate(r.out + r.err)) if r.ok else None)
+                _detach_all(vm)
+
+            for rep in range(max(1, ctx.options.reps)):
+                ctx.log(f"kernel-lab repetition {rep + 1}")
+                # Kernel stub exporting QEMU's disk to its own vhci.
+                bind_to_usbip_host(vm, busid)
+                start_usbipd(vm)
+                measure(KERNEL, lambda: _attach(vm, "127.0.0.1", USBIP_PORT, busid))
+                vm.run("killall usbipd; sleep 0.2")
+                # usbwire's emulated disk, from the host.
+                measure("usbwire-emulated", lambda: _attach(vm, "10.0.2.2", host_port, "5-1"))
+                # usbwire in the guest with the usbip-host backend (device still bound).
+                with _guest_usbwire(vm, "usbip-host", QEMU_STORAGE_ID):
+                    measure("usbwire-usbip-host", lambda: _attach(vm, "127.0.0.1", 3250, busid))
+                vm.chroot_run(f"{vm.python} -m usbwire unbind -b {busid}", 60)
+                vm.wait_for_usb(*QEMU_STORAGE_ID)
+                # usbwire in the guest passing the device through libusb.
+                with _guest_usbwire(vm, "libusb", QEMU_STORAGE_ID):
+                    measure("usbwire-libusb", lambda: _attach(vm, "127.0.0.1", 3250, busid))
+
+    for row in (write, read):
+        for server in SERVERS[1:]:
+            ratios = [
+                a.value / b.value
+                for a, b in zip(row.samples.get(server, []), row.samples.get(KERNEL, []), strict=False)
+                if a is not None and b is not None and b.value
+            ]
+            if ratios:
+                result.notes.append(f"{row.key}: {server} / kernel = {statistics.median(ratios):.2f}x")
+    return result
+
+
+def _attach(vm: object, host: str, port: int, busid: str) -> str:
+    """``usbip attach`` in the guest; returns the local busid ``usbip port`` gives it."""
+    from tests.lab.vm import VM
+
+    assert isinstance(vm, VM)
+    vm.run(f"usbip --tcp-port {port} attach -r {host} -b {busid}", 60, check=True)
+    listing = vm.run("usbip port", check=True).out
+    match = re.search(r"(\S+) -> usbip://" + re.escape(f"{host}:{port}/{busid}"), listing)
+    if match is None:
+        raise RuntimeError(f"attached device not in usbip port:\n{listing}")
+    return match[1]
+
+
+def _block(vm: object, local: str) -> str:
+    from tests.lab.vm import VM
+
+    assert isinstance(vm, VM)
+    sysfs = f"/sys/bus/usb/devices/{local}:1.0/host*/target*/*/block"
+    found = vm.run(
+        f"for i in $(seq 200); do b=$(ls {sysfs} 2>/dev/null)"
+        ' && [ -n "$b" ] && [ -e /dev/$b ] && echo $b && exit 0; sleep 0.1; done; exit 1',
+        60,
+        check=True,
+    )
+    return "/dev/" + found.out.split()[0]
+
+
+def _detach_all(vm: object) -> None:
+    from tests.lab.vm import VM
+
+    assert isinstance(vm, VM)
+    ports = re.findall(r"Port (\d+):", vm.run("usbip port").out)
+    for port in ports:
+        vm.run(f"usbip detach -p {int(port)}", 30)
+    vm.run("while usbip port | grep -q '^Port'; do sleep 0.1; done", 30)
+
+
+@contextmanager
+def _guest_usbwire(vm: object, backend: str, ids: tuple[int, int]) -> Iterator[None]:
+    from tests.lab.vm import VM
+
+    assert isinstance(vm, VM)
+    command = vm.start_chroot_command(
+        f"exec {vm.python} -m usbwire serve --host 127.0.0.1 --port 3250 --control none"
+        f" --backend {backend} --export {ids[0]:04x}:{ids[1]:04x} 2>&1"
+    )
+    command.wait_for_output("listening on", timeout_s=60)
+    try:
+        yield
+    finally:
+        command.kill()
+
+
+@contextmanager
+def _host_disk(path: Path) -> Iterator[int]:
+    from tests.conftest import start_server
+    from usbwire.backends.emulated import EmulatedExport
+    from usbwire.devices.msc import MassStorage
+
+    for running in start_server():
+        running.export(
+            EmulatedExport(MassStorage(path, size=(SIZE_MB + 16) << 20), busid="5-1", busnum=5, devnum=2)
+        )
+        yield running.port
