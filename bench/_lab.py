@@ -71,8 +71,9 @@ def kernel_lab(ctx: Context) -> SectionResult:
             def measure(server: str, attach: Callable[[], str]) -> None:
                 local = attach()
                 dev = _block(vm, local)
-                w = vm.run(f"dd if=/dev/zero of={dev} bs=1M count={SIZE_MB} oflag=direct 2>&1", 600)
-                r = vm.run(f"dd if={dev} of=/dev/null bs=1M count={SIZE_MB} iflag=direct 2>&1", 600)
+                # coreutils dd from the host's root (busybox's prints no rate)
+                w = vm.chroot_run(f"dd if=/dev/zero of={dev} bs=1M count={SIZE_MB} oflag=direct 2>&1", 600)
+                r = vm.chroot_run(f"dd if={dev} of=/dev/null bs=1M count={SIZE_MB} iflag=direct 2>&1", 600)
                 write.add(server, Sample(_dd_rate(w.out + w.err)) if w.ok else None)
                 read.add(server, Sample(_dd_rate(r.out + r.err)) if r.ok else None)
                 _detach_all(vm)
@@ -96,6 +97,10 @@ def kernel_lab(ctx: Context) -> SectionResult:
                     measure("usbwire-libusb", lambda: _attach(vm, "127.0.0.1", 3250, busid))
 
     for row in (write, read):
+        medians = {server: row.median(server) for server in SERVERS}
+        result.notes.append(
+            f"{row.key} MB/s: " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items() if v is not None)
+        )
         for server in SERVERS[1:]:
             ratios = [
                 a.value / b.value
@@ -113,10 +118,14 @@ def _attach(vm: object, host: str, port: int, busid: str) -> str:
 
     assert isinstance(vm, VM)
     vm.run(f"usbip --tcp-port {port} attach -r {host} -b {busid}", 60, check=True)
-    listing = vm.run("usbip port", check=True).out
-    match = re.search(r"(\S+) -> usbip://" + re.escape(f"{host}:{port}/{busid}"), listing)
+    wanted = re.compile(r"(\S+) -> usbip://" + re.escape(f"{host}:{port}/{busid}"))
+    # usbip port fails now and then while vhci is still settling a detach: ask again.
+    listing = vm.run(
+        f"for i in $(seq 50); do usbip port 2>&1 | grep -q '{busid}' && break; sleep 0.1; done; usbip port"
+    )
+    match = wanted.search(listing.out)
     if match is None:
-        raise RuntimeError(f"attached device not in usbip port:\n{listing}")
+        raise RuntimeError(f"attached device not in usbip port:\n{listing.describe()}")
     return match[1]
 
 

@@ -123,6 +123,37 @@ def test_storage_reads_through_the_import_from_the_host_and_the_guest_kernel(sha
     )
     assert digest.out.split()[0] == hashlib.sha256(sharing.known).hexdigest()
 
+    # A write through the import reads back after detaching and importing again.
+    written = vm.run(
+        f"dd if=/dev/urandom of=/tmp/chunk bs=512 count={SECTORS} 2>/dev/null"
+        f" && dd if=/tmp/chunk of=/dev/{block} bs=512 seek=1000 count={SECTORS} oflag=direct 2>/dev/null"
+        " && sync && sha256sum /tmp/chunk",
+        60,
+        check=True,
+    ).out.split()[0]
+    port = re.search(r"Port (\d+):", vm.chroot_run("usbip port", check=True).out)
+    assert port
+    vm.chroot_run(f"usbip detach -p {int(port[1])}", 60, check=True)
+    vm.run(f"while [ -e /dev/{block} ]; do sleep 0.1; done", 30, check=True)
+    assert sharing.storage_busid in asyncio.run(listed_until(sharing, lambda b: sharing.storage_busid in b))
+    vm.chroot_run(f"usbip attach -r 127.0.0.1 -b {sharing.storage_busid}", 60, check=True)
+    imported = vm.chroot_run("usbip port", check=True).out
+    local = re.search(r"(\S+) -> usbip://127\.0\.0\.1:3240/" + re.escape(sharing.storage_busid), imported)
+    assert local, imported
+    sysfs = f"/sys/bus/usb/devices/{local[1]}:1.0/host*/target*/*/block"
+    block = vm.run(
+        f"for i in $(seq 100); do b=$(ls {sysfs} 2>/dev/null)"
+        ' && [ -n "$b" ] && [ -e /dev/$b ] && echo $b && exit 0; sleep 0.1; done; exit 1',
+        30,
+        check=True,
+    ).out.split()[0]
+    again = vm.run(
+        f"dd if=/dev/{block} bs=512 skip=1000 count={SECTORS} iflag=direct 2>/dev/null | sha256sum",
+        60,
+        check=True,
+    )
+    assert again.out.split()[0] == written
+
 
 def test_keys_sent_through_qemus_monitor_arrive_at_the_importing_side(sharing: Sharing) -> None:
     async def read_key() -> bytes:
