@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -62,11 +63,28 @@ class LoopIntegration:
         self.loop = loop
         self._fds: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
-        for fd, events in context.getPollFDList():
+        self._thread: threading.Thread | None = None
+        self._running = True
+        try:
+            pollfds = context.getPollFDList()
+        except NotImplementedError:
+            # Windows' libusb has no pollable descriptors: handle events in a thread of
+            # its own, which blocks in libusb (no busy loop) and wakes for each event.
+            self._thread = threading.Thread(target=self._event_thread, name="libusb events", daemon=True)
+            self._thread.start()
+            return
+        for fd, events in pollfds:
             self._added(fd, events, None)
         # Keep references: libusb calls back through these ctypes wrappers.
         context.setPollFDNotifiers(self._added, self._removed)
         self._arm_timer()
+
+    def _event_thread(self) -> None:
+        while self._running:
+            try:
+                self.context.handleEventsTimeout(0.5)
+            except usb1.USBError as error:
+                log.warning("libusb event handling failed: %s", error)
 
     def _added(self, fd: int, events: int, user_data: Any) -> None:
         import select
@@ -98,6 +116,10 @@ class LoopIntegration:
             self._timer = self.loop.call_later(max(timeout, 0.0), self.handle_events)
 
     def close(self) -> None:
+        self._running = False
+        if self._thread is not None:
+            self.context.interruptEventHandler()
+            self._thread.join(timeout=2)
         if self._timer is not None:
             self._timer.cancel()
         for fd in list(self._fds):
@@ -242,11 +264,21 @@ class LibusbExport(ExportedDevice):
             if special is not None:
                 return special
         transfer = self.handle.getTransfer(iso_packets=len(urb.iso_packets))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        loop_thread = threading.get_ident()
 
-        def completed(_: usb1.USBTransfer) -> None:
+        def finish() -> None:
             if not done.done():
                 done.set_result(None)
+
+        def completed(_: usb1.USBTransfer) -> None:
+            # On the loop's thread with pollable descriptors; on libusb's event thread where
+            # the platform has none (Windows).
+            if threading.get_ident() == loop_thread:
+                finish()
+            else:
+                loop.call_soon_threadsafe(finish)
 
         self._fill(transfer, urb, completed)
         try:
