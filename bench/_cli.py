@@ -44,26 +44,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="2 short repetitions, no soak (about 1.5 minutes)")
     p.add_argument("--reps", type=int, help="repetitions (servers take turns in each; default 3, --quick 2)")
     p.add_argument("--duration", type=float, help="measured seconds per figure (default 1.0, --quick 0.4)")
-    p.add_argument(
-        "--warmup", type=float, help="unmeasured seconds before each figure (default 0.25, --quick 0.1)"
-    )
+    p.add_argument("--warmup", type=float, help="unmeasured seconds before each figure (default 0.25, --quick 0.1)")
     p.add_argument("--out", type=Path, help="JSON results file (default bench/results/bench-TIME.json)")
     p.add_argument("--sections", help="comma-separated sections to run (see --list); default: all of the run")
     p.add_argument("--list", action="store_true", help="list the registered sections and exit")
     servers = ",".join(SERVER_KEYS)
     p.add_argument("--servers", default=servers, help=f"servers to compare (default {servers})")
-    p.add_argument(
-        "--no-install", action="store_true", help="do not pip install the PyPI usbip package if missing"
-    )
+    p.add_argument("--no-install", action="store_true", help="do not pip install the PyPI usbip package if missing")
     p.add_argument("--server-cpu", type=int, default=0, help="core every server is pinned to (default 0)")
-    p.add_argument(
-        "--client-cpu", type=int, default=1, help="the load generator's core when >1 URB is in flight"
-    )
+    p.add_argument("--client-cpu", type=int, default=1, help="the load generator's core when >1 URB is in flight")
     p.add_argument("--no-soak", action="store_true", help="skip the 10M-URB soak of the full run")
     p.add_argument("--soak-urbs", type=int, default=10_000_000, help="URBs of the soak (default 10,000,000)")
-    p.add_argument(
-        "--soak-servers", default="usbwire-uvloop", help="servers to soak (default usbwire-uvloop)"
-    )
+    p.add_argument("--soak-servers", default="usbwire-uvloop", help="servers to soak (default usbwire-uvloop)")
     p.add_argument("--scale-conns", default="1,16,128", help="connection counts of the scale rows")
     p.add_argument("--profile-seconds", type=float, default=5.0, help="load duration of the profile section")
     p.add_argument(
@@ -159,9 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in specs:
             log(f"starting {spec.label} on cpu{options.server_cpu} ({devices} scale devices)")
             servers.append(
-                RunningServer(
-                    spec, binaries, cpu=options.server_cpu, scale_devices=devices, nice=options.nice
-                )
+                RunningServer(spec, binaries, cpu=options.server_cpu, scale_devices=devices, nice=options.nice)
             )
         ctx = Context(options, binaries, servers, log)
         for name in names:

@@ -47,9 +47,7 @@ def kernel_lab(ctx: Context) -> SectionResult:
     from tests.lab.usbdevices import QEMU_STORAGE_ID, storage
 
     result = SectionResult("kernel-lab", "Kernel lab: guest dd through vhci")
-    write = Row(
-        "lab-dd-write", f"guest dd write {SIZE_MB} MiB", "MB/s", "VM: 2 vCPUs, unpinned", compare=False
-    )
+    write = Row("lab-dd-write", f"guest dd write {SIZE_MB} MiB", "MB/s", "VM: 2 vCPUs, unpinned", compare=False)
     read = Row("lab-dd-read", f"guest dd read {SIZE_MB} MiB", "MB/s", "VM: 2 vCPUs, unpinned", compare=False)
     result.rows += [write, read]
     try:
@@ -176,7 +174,5 @@ def _host_disk(path: Path) -> Iterator[int]:
     from usbwire.devices.msc import MassStorage
 
     for running in start_server():
-        running.export(
-            EmulatedExport(MassStorage(path, size=(SIZE_MB + 16) << 20), busid="5-1", busnum=5, devnum=2)
-        )
+        running.export(EmulatedExport(MassStorage(path, size=(SIZE_MB + 16) << 20), busid="5-1", busnum=5, devnum=2))
         yield running.port

@@ -86,9 +86,7 @@ def run_load(
     Raises:
         LoadError: it exited non-zero, printed no result or timed out.
     """
-    process = subprocess.Popen(
-        load.argv(loadgen, targets), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen(load.argv(loadgen, targets), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     problems: list[str] = []
     try:
         assert process.stderr is not None and process.stdout is not None

@@ -57,9 +57,7 @@ def scale(ctx: Context) -> SectionResult:
                 measure(ctx, server, row, loads[conns], busids, value="urbs_per_s")
     if ctx.server("usbip") is not None:
         for key in usbwire_keys(ctx):
-            result.goals.append(
-                faster_than_usbip(result.rows, key, "faster than PyPI usbip on every scale row")
-            )
+            result.goals.append(faster_than_usbip(result.rows, key, "faster than PyPI usbip on every scale row"))
     return result
 
 
@@ -78,9 +76,7 @@ def soak(ctx: Context) -> SectionResult:
     )
     where = pinning(ctx, load)
     millions = f"{count / 1e6:g}M"
-    result.title = (
-        f"Soak: {millions} URBs through one connection (bulk 64 B OUT/IN, {SOAK_INFLIGHT} in flight)"
-    )
+    result.title = f"Soak: {millions} URBs through one connection (bulk 64 B OUT/IN, {SOAK_INFLIGHT} in flight)"
     rss = Row(
         "soak-rss",
         f"RSS growth over {millions} URBs",
@@ -131,9 +127,7 @@ def soak(ctx: Context) -> SectionResult:
 
         started = time.monotonic()
         try:
-            outcome = run_load(
-                ctx.binaries.loadgen, server.targets(["1-1"]), load, timeout_s=3600, on_progress=sample
-            )
+            outcome = run_load(ctx.binaries.loadgen, server.targets(["1-1"]), load, timeout_s=3600, on_progress=sample)
         except (LoadError, OSError) as error:
             ctx.log(f"  {server.spec.label}: soak failed: {error}")
             for row in result.rows:
@@ -178,12 +172,8 @@ def soak(ctx: Context) -> SectionResult:
             ),
         )
         result.data[server.spec.key] = {"trace": [{"urbs": u, "rss": r, "fds": f} for u, r, f in trace]}
-        result.goals.append(
-            _absolute_goal(rss, server.spec.key, f"RSS growth over {millions} URBs", 5.0, "MiB")
-        )
-        result.goals.append(
-            _absolute_goal(fds, server.spec.key, f"no fd growth over {millions} URBs", 0.0, "fds")
-        )
+        result.goals.append(_absolute_goal(rss, server.spec.key, f"RSS growth over {millions} URBs", 5.0, "MiB"))
+        result.goals.append(_absolute_goal(fds, server.spec.key, f"no fd growth over {millions} URBs", 0.0, "fds"))
     result.notes.append(f"'-': not soaked (--soak-servers {','.join(ctx.options.soak_servers)})")
     if count < 10_000_000:
         result.notes.append(f"soak shortened to {count:,} URBs by --soak-urbs: the goal is for 10M")

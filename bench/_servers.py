@@ -97,9 +97,7 @@ def ensure_usbip_installed(install: bool) -> str | None:
 class RunningServer:
     """A started server process: its pid, its devices, and the tail of its log."""
 
-    def __init__(
-        self, spec: ServerSpec, binaries: Binaries, *, cpu: int, scale_devices: int, nice: int = 0
-    ) -> None:
+    def __init__(self, spec: ServerSpec, binaries: Binaries, *, cpu: int, scale_devices: int, nice: int = 0) -> None:
         self.spec = spec
         self.cpu = cpu
         self.scale_devices = scale_devices

@@ -16,19 +16,9 @@ import pytest
 
 USBWIRE = [sys.executable, "-m", "usbwire"]
 COMMANDS = [
-    "serve",
-    "list",
-    "status",
-    "export",
-    "unexport",
-    "type",
-    "mouse",
-    "attach",
-    "detach",
-    "port",
-    "bind",
-    "unbind",
-]
+    "serve", "list", "status", "export", "unexport", "type", "mouse",
+    "attach", "detach", "port", "bind", "unbind", "certs",
+]  # fmt: skip
 
 
 def usbwire(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -123,9 +113,7 @@ def test_status_export_unexport_through_the_control_socket(served: ServeProcess)
     [
         pytest.param(["list", "-r", "127.0.0.1", "--port", "1"], "connection refused", id="refused"),
         pytest.param(["list", "-r", "no-such-host.invalid"], "cannot resolve", id="unknown-host"),
-        pytest.param(
-            ["status", "--control", "/nonexistent/usbwire.sock"], "no server is running", id="no-server"
-        ),
+        pytest.param(["status", "--control", "/nonexistent/usbwire.sock"], "no server is running", id="no-server"),
     ],
 )
 def test_errors_are_one_line_and_exit_1(args: list[str], message: str) -> None:

@@ -3,6 +3,8 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from usbwire.backends.usbip_host import BindError, bind, local_devices, unbind
+from usbwire.certs import client as certs_client
+from usbwire.certs import init as certs_init
 from usbwire.client import ServerUnreachable, SyncDevice, connect, import_device, list_devices
 from usbwire.client.vhci import Vhci, VhciError
 from usbwire.client.vhci import attach as vhci_attach
@@ -20,6 +22,9 @@ from usbwire.protocol import DEFAULT_PORT, DeviceInfo, OpStatus, Speed
 from usbwire.server import DEFAULT_CONTROL_PATH, ControlServer, Limits, Registry, Server
 from usbwire.server import request as control_request
 from usbwire.service import ServeOptions, run, serve
+from usbwire.tls import TlsConfigError
+from usbwire.tls import client_context as client_tls_context
+from usbwire.tls import server_context as server_tls_context
 from usbwire.usbids import load as load_usb_ids
 
 try:
@@ -47,12 +52,16 @@ __all__ = [
     "Speed",
     "Stall",
     "SyncDevice",
+    "TlsConfigError",
     "TransferError",
     "UsbwireError",
     "Vhci",
     "VhciError",
     "__version__",
     "bind",
+    "certs_client",
+    "certs_init",
+    "client_tls_context",
     "connect",
     "control_request",
     "import_device",
@@ -61,6 +70,7 @@ __all__ = [
     "local_devices",
     "run",
     "serve",
+    "server_tls_context",
     "unbind",
     "vhci_attach",
 ]

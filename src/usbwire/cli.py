@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from ssl import SSLContext
 from typing import Any
 
 import usbwire
@@ -91,9 +92,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"control socket for 'usbwire status' (default {DEFAULT_CONTROL_PATH}; 'none': no socket)",
     )
-    serve.add_argument(
-        "--max-in-flight", type=int, default=Limits().max_in_flight, help="URBs in flight per client"
-    )
+    serve.add_argument("--max-in-flight", type=int, default=Limits().max_in_flight, help="URBs in flight per client")
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve over TLS 1.3 with this certificate (chain)")
+    serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    serve.add_argument("--client-ca", metavar="PEM", help="require client certificates signed by this CA (mTLS)")
     serve.add_argument(
         "--loop",
         choices=["auto", "asyncio", "uvloop"],
@@ -113,26 +115,21 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("-l", "--local", action="store_true", help="list this machine's USB devices")
     listing.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    _tls_arguments(listing)
     listing.set_defaults(run=_list)
 
-    status = commands.add_parser(
-        "status", parents=[verbose], help="show a running server's exports and clients"
-    )
+    status = commands.add_parser("status", parents=[verbose], help="show a running server's exports and clients")
     _control_argument(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=_status)
 
-    export = commands.add_parser(
-        "export", parents=[verbose], help="export another emulated device on a running server"
-    )
+    export = commands.add_parser("export", parents=[verbose], help="export another emulated device on a running server")
     export.add_argument("device", help="device kind, e.g. loopback")
     export.add_argument("-b", "--busid", help="busid to use (default: the next free 1-N)")
     _control_argument(export)
     export.set_defaults(run=_export)
 
-    unexport = commands.add_parser(
-        "unexport", parents=[verbose], help="stop exporting a device on a running server"
-    )
+    unexport = commands.add_parser("unexport", parents=[verbose], help="stop exporting a device on a running server")
     unexport.add_argument("-b", "--busid", required=True)
     _control_argument(unexport)
     unexport.set_defaults(run=_unexport)
@@ -144,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     attach.add_argument(
         "-p", "--tcp-port", type=int, default=DEFAULT_PORT, help=f"server's TCP port (default {DEFAULT_PORT})"
     )
+    _tls_arguments(attach)
     attach.set_defaults(run=_attach)
 
     detach = commands.add_parser("detach", parents=[verbose], help="detach an imported device")
@@ -160,6 +158,23 @@ def _parser() -> argparse.ArgumentParser:
     unbind = commands.add_parser("unbind", parents=[verbose], help="give a device back to its usual driver")
     unbind.add_argument("-b", "--busid", required=True)
     unbind.set_defaults(run=_unbind)
+
+    certs = commands.add_parser("certs", parents=[verbose], help="create a CA and certificates for TLS")
+    certs_commands = certs.add_subparsers(title="actions", metavar="ACTION", required=True)
+    certs_init = certs_commands.add_parser("init", help="a new CA and the server's certificate")
+    certs_init.add_argument("directory")
+    certs_init.add_argument(
+        "--server-name",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="host name or address (repeatable)",
+    )
+    certs_init.set_defaults(run=_certs_init)
+    certs_client = certs_commands.add_parser("client", help="a client certificate signed by the CA")
+    certs_client.add_argument("directory")
+    certs_client.add_argument("name")
+    certs_client.set_defaults(run=_certs_client)
 
     typing = commands.add_parser(
         "type", parents=[verbose], help="type text on an emulated keyboard of a running server"
@@ -178,6 +193,20 @@ def _parser() -> argparse.ArgumentParser:
     _control_argument(mouse)
     mouse.set_defaults(run=_mouse)
     return parser
+
+
+def _tls_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS (usbwire servers only; the kernel's usbipd speaks plain TCP)")
+    group.add_argument("--tls", action="store_true", help="connect with TLS 1.3, checking the server's certificate")
+    group.add_argument("--ca", metavar="PEM", help="CA that signed the server's certificate (default: the system's)")
+    group.add_argument("--cert", metavar="PEM", help="client certificate, for servers that require one")
+    group.add_argument("--key", metavar="PEM", help="the client certificate's key")
+
+
+def _client_tls(args: argparse.Namespace) -> SSLContext | None:
+    if not (args.tls or args.ca or args.cert):
+        return None
+    return usbwire.client_tls_context(args.ca, args.cert, args.key)
 
 
 def _control_argument(parser: argparse.ArgumentParser) -> None:
@@ -199,6 +228,9 @@ def _serve(args: argparse.Namespace) -> int:
         demo=args.demo,
         exports=tuple(args.export),
         backend=args.backend,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
         limits=Limits(max_in_flight=args.max_in_flight),
     )
     usbwire.run(usbwire.serve(options), loop=args.loop)
@@ -208,7 +240,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     if args.local:
         return _list_local(args)
-    devices = asyncio.run(usbwire.list_devices(args.remote, args.port))
+    devices = asyncio.run(usbwire.list_devices(args.remote, args.port, ssl=_client_tls(args)))
     if args.json:
         print(json.dumps([_device_json(d) for d in devices], indent=2))
         return 0
@@ -222,9 +254,7 @@ def _list(args: argparse.Namespace) -> int:
     for device in devices:
         print(f"{device.busid:>11}: {ids.product_text(device.idVendor, device.idProduct)}")
         print(f"{'':>11}: {device.path}")
-        print(
-            f"{'':>11}: {ids.class_text(device.bDeviceClass, device.bDeviceSubClass, device.bDeviceProtocol)}"
-        )
+        print(f"{'':>11}: {ids.class_text(device.bDeviceClass, device.bDeviceSubClass, device.bDeviceProtocol)}")
         for number, interface in enumerate(device.interfaces):
             text = ids.class_text(
                 interface.bInterfaceClass,
@@ -252,9 +282,7 @@ def _device_json(device: DeviceInfo) -> dict[str, Any]:
         "class": [device.bDeviceClass, device.bDeviceSubClass, device.bDeviceProtocol],
         "configuration": device.bConfigurationValue,
         "num_configurations": device.bNumConfigurations,
-        "interfaces": [
-            [i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol] for i in device.interfaces
-        ],
+        "interfaces": [[i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol] for i in device.interfaces],
     }
 
 
@@ -310,7 +338,7 @@ def _mouse(args: argparse.Namespace) -> int:
 
 
 def _attach(args: argparse.Namespace) -> int:
-    port = usbwire.vhci_attach(args.remote, args.busid, args.tcp_port)
+    port = usbwire.vhci_attach(args.remote, args.busid, args.tcp_port, tls=_client_tls(args))
     print(f"attached {args.remote}:{args.tcp_port}/{args.busid} on port {port}")
     return 0
 
@@ -336,9 +364,7 @@ def _port(args: argparse.Namespace) -> int:
                     "status": "in use" if item.port.status == 6 else "error",
                     "local_busid": item.port.local_busid,
                     "vid_pid": f"{local.get('idVendor', '?')}:{local.get('idProduct', '?')}",
-                    "remote": f"usbip://{item.host}:{item.tcp_port}/{item.remote_busid}"
-                    if item.host
-                    else None,
+                    "remote": f"usbip://{item.host}:{item.tcp_port}/{item.remote_busid}" if item.host else None,
                     "remote_devid": f"{item.port.devid:08x}",
                 }
             )
@@ -386,9 +412,7 @@ def _list_local(args: argparse.Namespace) -> int:
         vendor, product = device.vid_pid
         print(f" - busid {row['busid']} ({row['vid_pid']})")
         print(f"   {ids.product_text(vendor, product)}")
-        print(
-            f"   driver: {row['driver'] or 'none'}{'  (exported via usbip-host)' if row['exported'] else ''}"
-        )
+        print(f"   driver: {row['driver'] or 'none'}{'  (exported via usbip-host)' if row['exported'] else ''}")
         print()
     return 0
 
@@ -402,4 +426,16 @@ def _bind(args: argparse.Namespace) -> int:
 def _unbind(args: argparse.Namespace) -> int:
     usbwire.unbind(args.busid)
     print(f"unbind device on busid {args.busid}: complete")
+    return 0
+
+
+def _certs_init(args: argparse.Namespace) -> int:
+    for name in usbwire.certs_init(args.directory, tuple(args.server_name)):
+        print(f"wrote {args.directory}/{name}")
+    return 0
+
+
+def _certs_client(args: argparse.Namespace) -> int:
+    for name in usbwire.certs_client(args.directory, args.name):
+        print(f"wrote {args.directory}/{name}")
     return 0

@@ -30,9 +30,7 @@ class ExportRules:
     def parse(cls, specs: Sequence[str]) -> ExportRules:
         for spec in specs:
             if spec != "all" and not _VID_PID.match(spec) and not _BUSID.match(spec):
-                raise UsbwireError(
-                    f"cannot export {spec!r}: give a busid (1-2), VID:PID (046d:c52b) or 'all'"
-                )
+                raise UsbwireError(f"cannot export {spec!r}: give a busid (1-2), VID:PID (046d:c52b) or 'all'")
         return cls(tuple(specs))
 
     def __bool__(self) -> bool:
@@ -71,9 +69,7 @@ class RealDevices:
             try:
                 from usbwire.backends.libusb import LibusbManager
             except ImportError:
-                raise UsbwireError(
-                    "the libusb backend needs python-libusb1 (pip install 'usbwire[libusb]')"
-                ) from None
+                raise UsbwireError("the libusb backend needs python-libusb1 (pip install 'usbwire[libusb]')") from None
             manager = LibusbManager(lambda e: self.rules.allows(e.info), self._added, self._removed)
             try:
                 await manager.start()

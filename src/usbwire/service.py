@@ -10,7 +10,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from usbwire import demo
+from usbwire import demo, tls
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.cdc import Serial
 from usbwire.devices.cdc.pty import PtyBridge
@@ -33,6 +33,10 @@ class ServeOptions:
     # Real devices to share (busids, VID:PIDs or "all") and how.
     exports: tuple[str, ...] = ()
     backend: str = "libusb"
+    # TLS: certificate and key of the server, and the CA whose clients it accepts (mTLS).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -60,7 +64,11 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
             server.registry.add(export)
     if real is not None:
         await real.start()
-    await server.start(list(options.hosts) if options.hosts else None, options.port)
+    context = None
+    if options.tls_cert:
+        context = tls.server_context(options.tls_cert, options.tls_key or options.tls_cert, options.client_ca)
+        log.info("TLS 1.3%s", " with client certificates" if options.client_ca else "")
+    await server.start(list(options.hosts) if options.hosts else None, options.port, ssl=context)
     control = None
     if options.control_path:
         control = ControlServer(server, options.control_path)

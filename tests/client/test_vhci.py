@@ -30,9 +30,7 @@ def make_vhci(tmp_path: Path, used: set[int] = frozenset()) -> Vhci:  # type: ig
 
 
 def device(speed: Speed) -> DeviceInfo:
-    return DeviceInfo(
-        path="/x", busid="1-1", busnum=1, devnum=2, speed=speed, idVendor=1, idProduct=2, bcdDevice=0
-    )
+    return DeviceInfo(path="/x", busid="1-1", busnum=1, devnum=2, speed=speed, idVendor=1, idProduct=2, bcdDevice=0)
 
 
 def test_parses_every_port_of_the_status_table(tmp_path: Path) -> None:
@@ -48,9 +46,7 @@ def test_parses_every_port_of_the_status_table(tmp_path: Path) -> None:
     ("speed", "expected"),
     [(Speed.LOW, 0), (Speed.FULL, 0), (Speed.HIGH, 0), (Speed.SUPER, 2), (Speed.SUPER_PLUS, 2)],
 )
-def test_attach_writes_port_fd_devid_speed_on_the_matching_hub(
-    tmp_path: Path, speed: Speed, expected: int
-) -> None:
+def test_attach_writes_port_fd_devid_speed_on_the_matching_hub(tmp_path: Path, speed: Speed, expected: int) -> None:
     vhci = make_vhci(tmp_path)
     left, right = socket.socketpair()
     with left, right:

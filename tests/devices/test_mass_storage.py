@@ -95,9 +95,7 @@ def write10(lba: int, blocks: int, *, fua: bool = False) -> bytes:
     return rw10(0x2A, lba, blocks, 0x08 if fua else 0)
 
 
-def mode_sense_6(
-    page: int, allocation_length: int = 192, *, page_control: int = 0, dbd: bool = False
-) -> bytes:
+def mode_sense_6(page: int, allocation_length: int = 192, *, page_control: int = 0, dbd: bool = False) -> bytes:
     return bytes([0x1A, 0x08 if dbd else 0, (page_control << 6) | page, 0, allocation_length, 0])
 
 
@@ -159,9 +157,7 @@ class WireBus:
         return Completion(reply.status, reply.data)
 
     def control(self, setup: Setup, data: bytes = b"") -> Completion:
-        self.client.submit(
-            ep=0, direction=setup.direction, length=setup.length, data=data, setup=setup.to_bytes()
-        )
+        self.client.submit(ep=0, direction=setup.direction, length=setup.length, data=data, setup=setup.to_bytes())
         reply = self._reply()
         return Completion(reply.status, reply.data)
 
@@ -387,9 +383,7 @@ def file_blocks(path: Path, lba: int, blocks: int) -> bytes:
 # -- identity and descriptors -----------------------------------------------------------------
 
 
-def test_disk_is_listed_as_a_scsi_bulk_only_mass_storage_device(
-    server: RunningServer, disk: MassStorage
-) -> None:
+def test_disk_is_listed_as_a_scsi_bulk_only_mass_storage_device(server: RunningServer, disk: MassStorage) -> None:
     server.export(EmulatedExport(disk, busid=BUSID, busnum=3, devnum=2))
     with WireClient(server.port) as client:
         (device,) = [d for d in client.devlist() if d.busid == BUSID]
@@ -399,12 +393,8 @@ def test_disk_is_listed_as_a_scsi_bulk_only_mass_storage_device(
     ]
 
 
-@pytest.mark.parametrize(
-    ("speed", "max_packet"), [(Speed.FULL, 64), (Speed.HIGH, 512), (Speed.SUPER, 1024)], ids=str
-)
-def test_bulk_endpoints_are_0x81_and_0x02_sized_for_the_speed(
-    image_path: Path, speed: Speed, max_packet: int
-) -> None:
+@pytest.mark.parametrize(("speed", "max_packet"), [(Speed.FULL, 64), (Speed.HIGH, 512), (Speed.SUPER, 1024)], ids=str)
+def test_bulk_endpoints_are_0x81_and_0x02_sized_for_the_speed(image_path: Path, speed: Speed, max_packet: int) -> None:
     config = MassStorage(image_path, size=DISK_BLOCKS * BLOCK_SIZE, speed=speed).descriptors.configuration(0)
     step = 13 if speed >= Speed.SUPER else 7  # SuperSpeed endpoints carry a 6-byte companion
     endpoints = [struct.unpack_from("<BBBBH", config, 18 + i * step) for i in range(2)]
@@ -548,9 +538,7 @@ def test_written_blocks_read_back_and_are_in_the_image_file(host: BotHost, image
         ),
     ],
 )
-def test_read_and_write_6_12_16_address_the_same_blocks_as_10(
-    host: BotHost, read_cdb: bytes, write_cdb: bytes
-) -> None:
+def test_read_and_write_6_12_16_address_the_same_blocks_as_10(host: BotHost, read_cdb: bytes, write_cdb: bytes) -> None:
     data = pattern(4, seed=7)
     assert host.command(write_cdb, write=data).status == PASSED
     assert host.command(read10(0x123, 4), read=len(data)).data == data
@@ -730,9 +718,7 @@ def test_synchronize_cache_16_fsyncs_too(host: BotHost, image_path: Path, fsynce
     assert fsynced == [image_path.stat().st_ino]
 
 
-def test_write_with_fua_is_on_disk_before_its_status(
-    host: BotHost, image_path: Path, fsynced: list[int]
-) -> None:
+def test_write_with_fua_is_on_disk_before_its_status(host: BotHost, image_path: Path, fsynced: list[int]) -> None:
     assert host.command(write10(9, 1, fua=True), write=pattern(1)).status == PASSED
     assert fsynced == [image_path.stat().st_ino]
 
@@ -751,9 +737,7 @@ def test_close_fsyncs_and_keeps_the_medium_for_the_next_import(
     bus.close()
 
 
-def test_disconnect_flushes_through_close(
-    server: RunningServer, disk: MassStorage, fsynced: list[int]
-) -> None:
+def test_disconnect_flushes_through_close(server: RunningServer, disk: MassStorage, fsynced: list[int]) -> None:
     server.export(EmulatedExport(disk, busid=BUSID, busnum=3, devnum=2))
     bus = WireBus(server, BUSID)
     host = BotHost(bus)
@@ -840,9 +824,7 @@ def test_thirteen_cases_of_host_and_device_expectations(
     stalled: set[int],
 ) -> None:
     data = pattern(length // BLOCK_SIZE) if direction == Direction.OUT else b""
-    outcome = host.command(
-        cdb, read=length if direction == Direction.IN else 0, write=data, direction=direction
-    )
+    outcome = host.command(cdb, read=length if direction == Direction.IN else 0, write=data, direction=direction)
     assert (outcome.status, outcome.residue, outcome.stalled) == (status, residue, stalled)
     assert len(outcome.data) == moved
     if status == PHASE_ERROR:
@@ -916,9 +898,7 @@ def test_a_reset_during_a_slow_fsync_abandons_that_command_for_good(
         release.set()
         await asyncio.wait_for(syncing, 1)
         # The abandoned command left no CSW behind: the next one is answered on its own.
-        await asyncio.wait_for(
-            disk.transfer(bulk_out, cbw(tur(), length=0, direction=Direction.OUT, tag=2), 31), 1
-        )
+        await asyncio.wait_for(disk.transfer(bulk_out, cbw(tur(), length=0, direction=Direction.OUT, tag=2), 31), 1)
         return await asyncio.wait_for(disk.transfer(bulk_in, b"", 13), 1)
 
     assert struct.unpack("<IIIB", asyncio.run(scenario())) == (0x53425355, 2, 0, PASSED)
@@ -990,9 +970,7 @@ def test_a_missing_image_is_created_sparse_with_the_given_size(image_path: Path)
         (100, None, "smaller than one 512-byte block"),
     ],
 )
-def test_bad_image_sizes_are_refused(
-    image_path: Path, existing: int | None, size: int | None, match: str
-) -> None:
+def test_bad_image_sizes_are_refused(image_path: Path, existing: int | None, size: int | None, match: str) -> None:
     if existing is not None:
         image_path.write_bytes(bytes(existing))
     with pytest.raises(ValueError, match=match):

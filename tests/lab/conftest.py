@@ -20,9 +20,7 @@ _DMESG_REPORT_LINES = 200
 _UNAVAILABLE = "kernel lab unavailable"
 _MARK = pytest.StashKey[int]()
 _LAB_FIXTURE_LINE = next(
-    number
-    for number, line in enumerate(Path(__file__).read_text().splitlines(), 1)
-    if line.startswith("def lab(")
+    number for number, line in enumerate(Path(__file__).read_text().splitlines(), 1) if line.startswith("def lab(")
 )
 
 

@@ -57,9 +57,7 @@ class ControlChannel:
         """Wait (best effort) until the agent confirms a ``kill``."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            self._cond.wait_for(
-                lambda: command_id in self._killed or self.closed, deadline - time.monotonic()
-            )
+            self._cond.wait_for(lambda: command_id in self._killed or self.closed, deadline - time.monotonic())
 
     def close(self) -> None:
         """Close the socket; the reader thread ends on the resulting EOF."""

@@ -139,9 +139,7 @@ def _apt_show_field(package: str, field: str) -> str:
     tool = which("apt-cache")
     if tool is None:
         raise LabUnavailable("apt-cache not found: the lab needs a Debian host")
-    done = subprocess.run(
-        [tool, "show", "--no-all-versions", package], capture_output=True, text=True, check=False
-    )
+    done = subprocess.run([tool, "show", "--no-all-versions", package], capture_output=True, text=True, check=False)
     match = re.search(rf"^{field}: (.*)$", done.stdout, re.MULTILINE)
     if done.returncode != 0 or match is None:
         raise LabUnavailable(f"apt does not know {package} (run apt-get update?)")
@@ -173,9 +171,7 @@ def _apt_update() -> bool:
     if tool is None or os.geteuid() != 0:
         return False
     try:
-        done = subprocess.run(
-            [tool, "update", "-qq"], capture_output=True, check=False, timeout=_APT_TIMEOUT_S
-        )
+        done = subprocess.run([tool, "update", "-qq"], capture_output=True, check=False, timeout=_APT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return False
     return done.returncode == 0

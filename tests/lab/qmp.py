@@ -69,9 +69,7 @@ class Qmp:
         output = self.execute("human-monitor-command", **{"command-line": command_line})
         return str(output)
 
-    def wait_event(
-        self, name: str, timeout_s: float, match: Callable[[Event], bool] = lambda _: True
-    ) -> Event:
+    def wait_event(self, name: str, timeout_s: float, match: Callable[[Event], bool] = lambda _: True) -> Event:
         """Return (and consume) the first event ``name`` for which ``match`` is true.
 
         Raises:

@@ -114,9 +114,7 @@ class KernelClient:
         """``usbip --tcp-port PORT list -r 10.0.2.2`` in the guest."""
         return self.vm.run(f"usbip --tcp-port {port} list -r {self.server_address}", timeout_s)
 
-    def attach(
-        self, port: int, busid: str, *, wait_for: tuple[int, int] | None = None, timeout_s: float = 30.0
-    ) -> str:
+    def attach(self, port: int, busid: str, *, wait_for: tuple[int, int] | None = None, timeout_s: float = 30.0) -> str:
         """Import ``busid`` from the host's server at 127.0.0.1:``port``.
 
         Args:
@@ -132,9 +130,7 @@ class KernelClient:
             CommandFailed: ``usbip attach`` exited non-zero.
             GuestError: the device did not show up in time.
         """
-        self.vm.run(
-            f"usbip --tcp-port {port} attach -r {self.server_address} -b {busid}", timeout_s, check=True
-        )
+        self.vm.run(f"usbip --tcp-port {port} attach -r {self.server_address} -b {busid}", timeout_s, check=True)
         if wait_for is None:
             return ""
         return self.vm.wait_for_usb(*wait_for, timeout_s=timeout_s)

@@ -29,9 +29,7 @@ _REGISTRY_LOCK = threading.Lock()
 class Lab:
     """Boots throwaway guests of Debian's kernel for one test session."""
 
-    def __init__(
-        self, artifacts: BootArtifacts, chroot: ChrootSetup, spec: InitramfsSpec | None = None
-    ) -> None:
+    def __init__(self, artifacts: BootArtifacts, chroot: ChrootSetup, spec: InitramfsSpec | None = None) -> None:
         self.artifacts = artifacts
         self.chroot = chroot
         self._lock = threading.Lock()

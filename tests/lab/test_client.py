@@ -62,9 +62,7 @@ def guest_exports(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def cbw(tag: int, length: int, data_in: bool, command: bytes) -> bytes:
-    return struct.pack(
-        "<IIIBBB16s", CBW_SIGNATURE, tag, length, 0x80 if data_in else 0, 0, len(command), command
-    )
+    return struct.pack("<IIIBBB16s", CBW_SIGNATURE, tag, length, 0x80 if data_in else 0, 0, len(command), command)
 
 
 async def scsi_in(device: RemoteDevice, tag: int, command: bytes, length: int) -> bytes:
@@ -149,9 +147,7 @@ def test_usbwire_attach_imports_the_guests_own_kernel_export(guest_exports: Gues
         (row,) = json.loads(usbwire_in_guest(vm, "port --json")[1])
         local = row["local_busid"]
         dev = block_device(vm, local)
-        head = vm.run(
-            f"dd if={dev} bs=512 count={SECTORS} iflag=direct 2>/dev/null | sha256sum", 60, check=True
-        )
+        head = vm.run(f"dd if={dev} bs=512 count={SECTORS} iflag=direct 2>/dev/null | sha256sum", 60, check=True)
         import hashlib
 
         assert head.out.split()[0] == hashlib.sha256(guest_exports.known).hexdigest()
@@ -173,9 +169,7 @@ def disk_server(tmp_path: Path) -> Iterator[tuple[RunningServer, bytes]]:
         yield running, known
 
 
-def test_usbwire_attach_imports_usbwires_emulated_disk(
-    lab: Lab, disk_server: tuple[RunningServer, bytes]
-) -> None:
+def test_usbwire_attach_imports_usbwires_emulated_disk(lab: Lab, disk_server: tuple[RunningServer, bytes]) -> None:
     server, known = disk_server
     with lab.vm() as vm:
         code, out, err = usbwire_in_guest(vm, f"attach -r 10.0.2.2 -p {server.port} -b 5-1")
@@ -183,9 +177,7 @@ def test_usbwire_attach_imports_usbwires_emulated_disk(
         port = int(out.rsplit("port ", 1)[1])
         busid = vm.wait_for_usb(VENDOR_ID, DISK_PRODUCT_ID)
         dev = block_device(vm, busid)
-        head = vm.run(
-            f"dd if={dev} bs=512 count={SECTORS} iflag=direct 2>/dev/null | sha256sum", 60, check=True
-        )
+        head = vm.run(f"dd if={dev} bs=512 count={SECTORS} iflag=direct 2>/dev/null | sha256sum", 60, check=True)
         import hashlib
 
         assert head.out.split()[0] == hashlib.sha256(known).hexdigest()

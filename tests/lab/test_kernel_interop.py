@@ -25,9 +25,7 @@ def host_server() -> Iterator[RunningServer]:
     yield from start_server()
 
 
-def test_kernel_client_lists_attaches_uses_and_detaches_the_demo_device(
-    lab: Lab, host_server: RunningServer
-) -> None:
+def test_kernel_client_lists_attaches_uses_and_detaches_the_demo_device(lab: Lab, host_server: RunningServer) -> None:
     port = host_server.port
     with kernel_client(lab) as client:
         listing = client.list_remote(port)

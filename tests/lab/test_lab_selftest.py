@@ -130,9 +130,7 @@ def test_usbfs_bulk_scsi_inquiry_on_qemu_storage(guest: VM) -> None:
     )
     ids = ["--vid", f"{vid:04x}", "--pid", f"{pid:04x}"]
 
-    result = run_usbfs(
-        guest, "bulk", *ids, "--write", f"0x02:{cbw.hex()}", "--read", "0x81:36", "--read", "0x81:13"
-    )
+    result = run_usbfs(guest, "bulk", *ids, "--write", f"0x02:{cbw.hex()}", "--read", "0x81:36", "--read", "0x81:13")
 
     assert result["ok"], result
     inquiry, csw = (bytes.fromhex(data) for data in result["reads"])
@@ -140,9 +138,7 @@ def test_usbfs_bulk_scsi_inquiry_on_qemu_storage(guest: VM) -> None:
     assert csw[:8] == b"USBS" + struct.pack("<I", 0x1234)  # CSW echoes the tag
     assert csw[12] == 0  # bCSWStatus: command passed
     # The interface went back to usb-storage when usbfs released it.
-    assert (
-        guest.run(f"ls /sys/bus/usb/drivers/usb-storage/ | grep -c '^{result['busid']}:'").out.strip() == "1"
-    )
+    assert guest.run(f"ls /sys/bus/usb/drivers/usb-storage/ | grep -c '^{result['busid']}:'").out.strip() == "1"
 
 
 def test_qmp_unplug_and_replug_reach_the_guest_kernel(guest: VM) -> None:
@@ -160,9 +156,7 @@ def test_extra_debian_binaries_run_in_the_guest_with_their_libraries(lab: Lab) -
     spec = InitramfsSpec().with_binaries("mkfs.ext4")
 
     with lab.vm(spec=spec, hostroot=False) as vm:
-        made = vm.run(
-            "dd if=/dev/zero of=/tmp/fs.img bs=1M count=8 2>/dev/null && mkfs.ext4 -q -F /tmp/fs.img"
-        )
+        made = vm.run("dd if=/dev/zero of=/tmp/fs.img bs=1M count=8 2>/dev/null && mkfs.ext4 -q -F /tmp/fs.img")
 
     assert made.ok, made.describe()
 

@@ -78,10 +78,7 @@ def test_ext4_file_survives_detach_and_reattach_and_fsck_is_clean(
         assert fsck.ok, fsck.describe()
     # The image on the server is the same file system, flushed on detach.
     if shutil.which("e2fsck"):
-        assert (
-            subprocess.run(["e2fsck", "-f", "-n", str(image)], capture_output=True, check=False).returncode
-            == 0
-        )
+        assert subprocess.run(["e2fsck", "-f", "-n", str(image)], capture_output=True, check=False).returncode == 0
 
 
 def test_a_cut_connection_mid_write_loses_nothing_that_was_synced(
@@ -93,8 +90,7 @@ def test_a_cut_connection_mid_write_loses_nothing_that_was_synced(
         sh(client, f"mkfs.ext4 -q -F {dev} && mkdir -p {MOUNT} && mount {dev} {MOUNT}")
         synced = sh(
             client,
-            f"dd if=/dev/urandom of={MOUNT}/synced bs=1M count=8 status=none"
-            f" && sync && sha256sum {MOUNT}/synced",
+            f"dd if=/dev/urandom of={MOUNT}/synced bs=1M count=8 status=none && sync && sha256sum {MOUNT}/synced",
         ).split()[0]
         writer = client.vm.start_chroot_command(f"dd if=/dev/zero of={MOUNT}/big bs=1M count=128 conv=fsync")
         # Let the write get going, then cut the client's TCP connection from the server side.

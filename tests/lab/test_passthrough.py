@@ -75,9 +75,7 @@ def sharing(request: pytest.FixtureRequest, lab: Lab, tmp_path: Path) -> Iterato
         print(f"--- usbwire serve ({backend}) in the guest ---\n{log.read_text(errors='replace')}")
 
 
-async def listed_until(
-    sharing: Sharing, done: Callable[[set[str]], bool], timeout_s: float = 15.0
-) -> set[str]:
+async def listed_until(sharing: Sharing, done: Callable[[set[str]], bool], timeout_s: float = 15.0) -> set[str]:
     """What the server lists, polled until ``done`` holds (exports follow devices asynchronously)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -118,9 +116,7 @@ def test_storage_reads_through_the_import_from_the_host_and_the_guest_kernel(sha
         30,
         check=True,
     ).out.split()[0]
-    digest = vm.run(
-        f"dd if=/dev/{block} bs=512 count={SECTORS} iflag=direct 2>/dev/null | sha256sum", 60, check=True
-    )
+    digest = vm.run(f"dd if=/dev/{block} bs=512 count={SECTORS} iflag=direct 2>/dev/null | sha256sum", 60, check=True)
     assert digest.out.split()[0] == hashlib.sha256(sharing.known).hexdigest()
 
     # A write through the import reads back after detaching and importing again.

@@ -37,9 +37,7 @@ def assert_enumerated(client: KernelClient, local: str, driver: str | None) -> N
     vm.run(f"for i in $(seq 100); do {check} && exit 0; sleep 0.1; done; exit 1", 30, check=True)
 
 
-def test_every_demo_device_survives_reauthorization_and_detach_attach(
-    lab: Lab, host_server: RunningServer
-) -> None:
+def test_every_demo_device_survives_reauthorization_and_detach_attach(lab: Lab, host_server: RunningServer) -> None:
     with kernel_client(lab) as client:
         for busid, (ids, driver) in DEMO.items():
             local = client.attach(host_server.port, busid, wait_for=ids)
@@ -57,7 +55,5 @@ def test_every_demo_device_survives_reauthorization_and_detach_attach(
             port = int(client.imported().out.split("Port ")[1].split(":")[0])
             assert client.detach(port).ok
             client.vm.wait_for_usb(*ids, present=False)
-        errors = [
-            line for line in client.vm.dmesg().splitlines() if "error" in line.lower() and "usb" in line
-        ]
+        errors = [line for line in client.vm.dmesg().splitlines() if "error" in line.lower() and "usb" in line]
         assert not errors, "\n".join(errors)

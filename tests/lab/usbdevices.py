@@ -69,9 +69,7 @@ class UsbDevice:
         return []
 
 
-def storage(
-    image: Path | str, *, readonly: bool = False, id: str | None = None, port: int | None = None
-) -> UsbDevice:
+def storage(image: Path | str, *, readonly: bool = False, id: str | None = None, port: int | None = None) -> UsbDevice:
     """QEMU ``usb-storage`` (Bulk-Only mass storage, 46f4:0001) backed by a raw image."""
     path = Path(image).resolve()
     return UsbDevice("usb-storage", QEMU_STORAGE_ID, id=id, port=port, image=path, readonly=readonly)

@@ -107,9 +107,7 @@ class DeviceNode:
     node: Path
 
 
-def find_devices(
-    vid: int | None = None, pid: int | None = None, busid: str | None = None
-) -> list[DeviceNode]:
+def find_devices(vid: int | None = None, pid: int | None = None, busid: str | None = None) -> list[DeviceNode]:
     """Devices matching the filters, in busid order (interfaces and hubs' ports excluded)."""
     found = []
     for entry in sorted(SYSFS_USB.iterdir()) if SYSFS_USB.exists() else []:
@@ -143,9 +141,7 @@ class UsbDevice:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def control(
-        self, request_type: int, request: int, value: int, index: int, data_or_length: bytes | int
-    ) -> bytes:
+    def control(self, request_type: int, request: int, value: int, index: int, data_or_length: bytes | int) -> bytes:
         """One control transfer on endpoint 0; IN returns the data read, OUT returns b"".
 
         Raises:
@@ -156,9 +152,7 @@ class UsbDevice:
         buffer = ctypes.create_string_buffer(length or 1)
         if not is_in and isinstance(data_or_length, bytes):
             ctypes.memmove(buffer, data_or_length, length)
-        transfer = CtrlTransfer(
-            request_type, request, value, index, length, self.timeout_ms, ctypes.addressof(buffer)
-        )
+        transfer = CtrlTransfer(request_type, request, value, index, length, self.timeout_ms, ctypes.addressof(buffer))
         done = fcntl.ioctl(self.fd, USBDEVFS_CONTROL, transfer)
         return buffer.raw[:done] if is_in else b""
 
@@ -248,9 +242,7 @@ def describe(device: UsbDevice) -> dict[str, Any]:
         OSError: a control transfer failed.
     """
     raw = device.control(USB_DIR_IN, GET_DESCRIPTOR, DESCRIPTOR_DEVICE << 8, 0, 18)
-    (_, _, bcd_usb, dev_class, dev_sub, dev_proto, mps0, vid, pid, bcd_device) = struct.unpack_from(
-        "<BBHBBBBHHH", raw
-    )
+    (_, _, bcd_usb, dev_class, dev_sub, dev_proto, mps0, vid, pid, bcd_device) = struct.unpack_from("<BBHBBBBHHH", raw)
     header = device.control(USB_DIR_IN, GET_DESCRIPTOR, DESCRIPTOR_CONFIGURATION << 8, 0, 9)
     total = struct.unpack_from("<H", header, 2)[0]
     config = device.control(USB_DIR_IN, GET_DESCRIPTOR, DESCRIPTOR_CONFIGURATION << 8, 0, total)
@@ -368,9 +360,7 @@ def _bulk_ops(device: UsbDevice, ops: list[tuple[str, int, str]]) -> dict[str, A
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (see the module docstring)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="op", required=True)
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -65,9 +65,7 @@ directions = st.sampled_from(Direction)
 speeds = st.sampled_from(Speed)
 # URB completion statuses: 0, the errnos USB really uses, or any negative s32.
 urb_statuses = st.one_of(st.just(0), st.sampled_from([-e for e in Errno]), st.integers(S32_MIN, -1))
-transfer_flags = st.one_of(
-    st.sets(st.sampled_from(UrbFlag)).map(lambda flags: reduce(or_, map(int, flags), 0)), u32
-)
+transfer_flags = st.one_of(st.sets(st.sampled_from(UrbFlag)).map(lambda flags: reduce(or_, map(int, flags), 0)), u32)
 # Non-iso URBs carry these verbatim: Linux sends 0 or whatever the last RET_SUBMIT said.
 non_iso_number_of_packets = st.one_of(st.sampled_from([0, -1]), s32)
 
@@ -128,12 +126,8 @@ op_rep_devlists = st.builds(
     status=st.sampled_from(OpStatus),
 )
 op_req_imports = st.builds(OpReqImport, busid=busids)
-op_rep_imports_ok = st.builds(
-    OpRepImport, status=st.just(OpStatus.OK), device=device_infos(with_interfaces=False)
-)
-op_rep_imports_refused = st.builds(
-    OpRepImport, status=st.sampled_from([s for s in OpStatus if s != OpStatus.OK])
-)
+op_rep_imports_ok = st.builds(OpRepImport, status=st.just(OpStatus.OK), device=device_infos(with_interfaces=False))
+op_rep_imports_refused = st.builds(OpRepImport, status=st.sampled_from([s for s in OpStatus if s != OpStatus.OK]))
 op_rep_imports = st.one_of(op_rep_imports_ok, op_rep_imports_refused)
 
 
@@ -149,9 +143,7 @@ def _data(draw: st.DrawFn, direction: Direction, length: int) -> bytes:
 
 
 @st.composite
-def control_submits(
-    draw: st.DrawFn, *, devid: st.SearchStrategy[int] = devids, seqnum: int | None = None
-) -> CmdSubmit:
+def control_submits(draw: st.DrawFn, *, devid: st.SearchStrategy[int] = devids, seqnum: int | None = None) -> CmdSubmit:
     """A control transfer on ep 0: transfer_buffer_length is wLength, direction fits bit 7."""
     direction = draw(directions)
     w_length = draw(st.integers(0, MAX_DATA))
@@ -175,9 +167,7 @@ def control_submits(
 
 
 @st.composite
-def bulk_submits(
-    draw: st.DrawFn, *, devid: st.SearchStrategy[int] = devids, seqnum: int | None = None
-) -> CmdSubmit:
+def bulk_submits(draw: st.DrawFn, *, devid: st.SearchStrategy[int] = devids, seqnum: int | None = None) -> CmdSubmit:
     """A bulk transfer on a non-iso endpoint; setup is meaningless there and carried verbatim."""
     direction = draw(directions)
     length = draw(st.integers(0, MAX_DATA))
@@ -262,9 +252,7 @@ def iso_submits(
     )
 
 
-def cmd_submits(
-    *, devid: st.SearchStrategy[int] = devids, seqnum: int | None = None
-) -> st.SearchStrategy[CmdSubmit]:
+def cmd_submits(*, devid: st.SearchStrategy[int] = devids, seqnum: int | None = None) -> st.SearchStrategy[CmdSubmit]:
     """Any CMD_SUBMIT, of every transfer type and both directions."""
     return st.one_of(
         control_submits(devid=devid, seqnum=seqnum),
@@ -328,9 +316,7 @@ def iso_in_ret_submits() -> st.SearchStrategy[RetSubmit]:
 
 ret_submits = cmd_submits().flatmap(ret_submit_for)
 cmd_unlinks = st.builds(CmdUnlink, seqnum=seqnums, devid=devids, unlink_seqnum=seqnums)
-ret_unlinks = st.builds(
-    RetUnlink, seqnum=seqnums, status=st.sampled_from([0, -Errno.ECONNRESET]) | urb_statuses
-)
+ret_unlinks = st.builds(RetUnlink, seqnum=seqnums, status=st.sampled_from([0, -Errno.ECONNRESET]) | urb_statuses)
 
 
 @dataclass(frozen=True)

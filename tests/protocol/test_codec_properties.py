@@ -151,9 +151,7 @@ def test_op_rep_import_round_trips(import_request: OpReqImport, reply: OpRepImpo
 )
 @ROUND_TRIP
 @given(data=st.data())
-def test_cmd_submit_round_trips(
-    transfers: Callable[..., st.SearchStrategy[CmdSubmit]], data: st.DataObject
-) -> None:
+def test_cmd_submit_round_trips(transfers: Callable[..., st.SearchStrategy[CmdSubmit]], data: st.DataObject) -> None:
     device = data.draw(import_devices)
     cmd = data.draw(transfers(devid=st.just(device.devid)))
     assert imported_pair(device).to_server(cmd) == [cmd]
@@ -238,9 +236,7 @@ def test_conversation_round_trips(conversation: Conversation) -> None:
 
 @PROPERTY
 @given(conversations, st.data())
-def test_client_stream_cut_anywhere_yields_the_same_events(
-    conversation: Conversation, data: st.DataObject
-) -> None:
+def test_client_stream_cut_anywhere_yields_the_same_events(conversation: Conversation, data: st.DataObject) -> None:
     stream = play(conversation).client_bytes
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
     received = feed_server(conversation, chunks(stream, cuts))
@@ -249,9 +245,7 @@ def test_client_stream_cut_anywhere_yields_the_same_events(
 
 @PROPERTY
 @given(conversations, st.data())
-def test_server_stream_cut_anywhere_yields_the_same_events(
-    conversation: Conversation, data: st.DataObject
-) -> None:
+def test_server_stream_cut_anywhere_yields_the_same_events(conversation: Conversation, data: st.DataObject) -> None:
     stream = play(conversation).server_bytes
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
     received = feed_client(conversation, chunks(stream, cuts))
@@ -349,9 +343,7 @@ def _ignore(event: Received) -> None:
     pass
 
 
-def _survives(
-    conn: Connection, pieces: Iterable[bytes], on_event: Callable[[Received], object] = _ignore
-) -> None:
+def _survives(conn: Connection, pieces: Iterable[bytes], on_event: Callable[[Received], object] = _ignore) -> None:
     """Feed ``pieces``; any error must be a RemoteProtocolError that every later call repeats."""
     try:
         pump(conn, pieces, on_event)
@@ -410,9 +402,7 @@ def test_hostile_urb_frames_to_a_server_raise_only_remote_protocol_error(
 
 
 @FUZZ
-@given(
-    st.lists(cmd_submits(devid=st.just(DEVICE.devid)), max_size=3, unique_by=lambda c: c.seqnum), st.data()
-)
+@given(st.lists(cmd_submits(devid=st.just(DEVICE.devid)), max_size=3, unique_by=lambda c: c.seqnum), st.data())
 def test_hostile_urb_frames_to_a_client_raise_only_remote_protocol_error(
     commands: list[CmdSubmit], data: st.DataObject
 ) -> None:

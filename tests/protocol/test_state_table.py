@@ -61,9 +61,7 @@ def test_management_phase_transitions(state: State, event: Event, after: State) 
     assert next_state(state, event) is after
 
 
-@pytest.mark.parametrize(
-    "event", [e for e in ONE_OF_EACH if isinstance(e, URB_EVENTS)], ids=lambda e: type(e).__name__
-)
+@pytest.mark.parametrize("event", [e for e in ONE_OF_EACH if isinstance(e, URB_EVENTS)], ids=lambda e: type(e).__name__)
 def test_urb_phase_keeps_its_state_for_every_urb_pdu(event: Event) -> None:
     assert next_state(State.URB, event) is State.URB
 

@@ -128,9 +128,7 @@ def submitted(*commands: CmdSubmit | CmdUnlink) -> Pair:
 
 
 def bulk_in(seqnum: int = 1, length: int = 64) -> CmdSubmit:
-    return CmdSubmit(
-        seqnum=seqnum, devid=DEVID, direction=Direction.IN, ep=BULK_EP, transfer_buffer_length=length
-    )
+    return CmdSubmit(seqnum=seqnum, devid=DEVID, direction=Direction.IN, ep=BULK_EP, transfer_buffer_length=length)
 
 
 def bulk_out(seqnum: int = 1, data: bytes = b"abcd") -> CmdSubmit:

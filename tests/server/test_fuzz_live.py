@@ -180,9 +180,7 @@ INTERESTING_U32 = [
 def mutated(draw: st.DrawFn, streams: st.SearchStrategy[bytes]) -> bytes:
     """``streams`` after a few bit flips, truncations, splices, deletions and overwrites."""
     data = bytearray(draw(streams))
-    for kind in draw(
-        st.lists(st.sampled_from(["flip", "cut", "splice", "delete", "u32", "insert"]), max_size=4)
-    ):
+    for kind in draw(st.lists(st.sampled_from(["flip", "cut", "splice", "delete", "u32", "insert"]), max_size=4)):
         size = len(data)
         if kind == "flip" and size:
             bit = draw(st.integers(0, size * 8 - 1))
@@ -218,9 +216,7 @@ OP_STREAMS = st.one_of(
 # -- one example --------------------------------------------------------------------------------
 
 
-def fuzz_connection(
-    server: RunningServer, logged: WarningsAndErrors, stream: bytes, *, imported: bool
-) -> None:
+def fuzz_connection(server: RunningServer, logged: WarningsAndErrors, stream: bytes, *, imported: bool) -> None:
     logged.records.clear()
     with WireClient(server.port) as client:
         fuzz = client.sock

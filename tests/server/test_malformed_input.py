@@ -193,9 +193,7 @@ def urb_header(
 
 def waiting_bulk_in(*, seqnum: int) -> bytes:
     """CMD_SUBMIT of a bulk IN on endpoint 1; it waits, since nothing was sent to the loopback."""
-    return urb_header(
-        Command.CMD_SUBMIT, seqnum=seqnum, direction=Direction.IN, ep=1, transfer_buffer_length=64
-    )
+    return urb_header(Command.CMD_SUBMIT, seqnum=seqnum, direction=Direction.IN, ep=1, transfer_buffer_length=64)
 
 
 def unlink_header(*, seqnum: int = 2, devid: int = LOOPBACK_DEVID, unlink_seqnum: int = 1) -> bytes:

@@ -301,9 +301,7 @@ class LibusbExport(ExportedDevice):
             self.gone()
         return result
 
-    def _fill(
-        self, transfer: usb1.USBTransfer, urb: Urb, callback: Callable[[usb1.USBTransfer], None]
-    ) -> None:
+    def _fill(self, transfer: usb1.USBTransfer, urb: Urb, callback: Callable[[usb1.USBTransfer], None]) -> None:
         address = urb.ep | (0x80 if urb.direction == Direction.IN else 0)
         buffer: int | bytes = urb.length if urb.direction == Direction.IN else urb.data
         if urb.transfer_type == TransferType.CONTROL:
@@ -328,9 +326,7 @@ class LibusbExport(ExportedDevice):
             for submitted, result in zip(urb.iso_packets, transfer.getISOSetupList(), strict=True):
                 packet_status = _STATUS.get(result["status"], -Errno.EPROTO)
                 errors += packet_status != 0
-                packets.append(
-                    IsoPacket(submitted.offset, submitted.length, result["actual_length"], packet_status)
-                )
+                packets.append(IsoPacket(submitted.offset, submitted.length, result["actual_length"], packet_status))
             if urb.direction == Direction.IN:
                 for _, chunk in transfer.iterISO():
                     data += chunk

@@ -14,6 +14,7 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from ssl import SSLContext
 
 from usbwire.client.remote import Imported, import_device
 from usbwire.errors import DeviceGone, ProtocolError, TransferError
@@ -119,9 +120,7 @@ class RemoteDevice:
         direction = Direction.IN if request_type & 0x80 else Direction.OUT
         data, length = _split(direction, data_or_length)
         setup = struct.pack("<BBHHH", request_type, request, value, index, length)
-        ret = await self.submit(
-            ep=0, direction=direction, length=length, data=data, setup=setup, timeout=timeout
-        )
+        ret = await self.submit(ep=0, direction=direction, length=length, data=data, setup=setup, timeout=timeout)
         _raise_for(ret)
         if request_type == 0x00 and request == SET_CONFIGURATION:
             self.endpoints.set_configuration(value & 0xFF)
@@ -200,9 +199,7 @@ class RemoteDevice:
         )
         if ret.status and not ret.iso_packets:
             _raise_for(ret)
-        spread = (
-            unpack_iso_data(ret.data, ret.iso_packets, sum(lengths)) if direction == Direction.IN else b""
-        )
+        spread = unpack_iso_data(ret.data, ret.iso_packets, sum(lengths)) if direction == Direction.IN else b""
         return IsoResult(bytes(spread), ret.iso_packets, ret.start_frame, ret.error_count)
 
     def _interval(self, b_interval: int, kind: TransferType) -> int:
@@ -258,9 +255,7 @@ class RemoteDevice:
             return
         seqnum = self._next_seqnum()
         self._unlinks[seqnum] = target
-        self._writer.write(
-            self._conn.send(CmdUnlink(seqnum=seqnum, devid=self.info.devid, unlink_seqnum=target))
-        )
+        self._writer.write(self._conn.send(CmdUnlink(seqnum=seqnum, devid=self.info.devid, unlink_seqnum=target)))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(future), UNLINK_GRACE)
 
@@ -322,10 +317,10 @@ def _raise_for(ret: RetSubmit) -> None:
 
 
 async def open_device(
-    host: str, busid: str, *, port: int = DEFAULT_PORT, timeout: float = 10.0
+    host: str, busid: str, *, port: int = DEFAULT_PORT, timeout: float = 10.0, ssl: SSLContext | None = None
 ) -> RemoteDevice:
     """Import ``busid`` from ``host`` and read its descriptors; close it when done."""
-    device = RemoteDevice(await import_device(host, busid, port, timeout))
+    device = RemoteDevice(await import_device(host, busid, port, timeout, ssl))
     try:
         await asyncio.wait_for(device.start(), timeout)
     except BaseException:
@@ -336,10 +331,10 @@ async def open_device(
 
 @contextlib.asynccontextmanager
 async def connect(
-    host: str, busid: str, *, port: int = DEFAULT_PORT, timeout: float = 10.0
+    host: str, busid: str, *, port: int = DEFAULT_PORT, timeout: float = 10.0, ssl: SSLContext | None = None
 ) -> AsyncIterator[RemoteDevice]:
     """``async with connect(host, busid) as device:`` a device imported for the block."""
-    device = await open_device(host, busid, port=port, timeout=timeout)
+    device = await open_device(host, busid, port=port, timeout=timeout, ssl=ssl)
     try:
         yield device
     finally:

@@ -130,9 +130,7 @@ class UsbipBackend(usb.backend.IBackend):  # type: ignore[misc]
 
     def get_configuration_descriptor(self, dev: _Device, config: int) -> _Descriptor:
         descriptor = dev.configuration(config)
-        return _Descriptor(
-            {**_fields(descriptor, _CONFIG_FIELDS), "extra_descriptors": list(descriptor.extra)}
-        )
+        return _Descriptor({**_fields(descriptor, _CONFIG_FIELDS), "extra_descriptors": list(descriptor.extra)})
 
     def _interface(self, dev: _Device, intf: int, alt: int, config: int) -> Any:
         descriptor = dev.configuration(config)
@@ -144,9 +142,7 @@ class UsbipBackend(usb.backend.IBackend):  # type: ignore[misc]
 
     def get_interface_descriptor(self, dev: _Device, intf: int, alt: int, config: int) -> _Descriptor:
         interface = self._interface(dev, intf, alt, config)
-        return _Descriptor(
-            {**_fields(interface, _INTERFACE_FIELDS), "extra_descriptors": list(interface.extra)}
-        )
+        return _Descriptor({**_fields(interface, _INTERFACE_FIELDS), "extra_descriptors": list(interface.extra)})
 
     def get_endpoint_descriptor(self, dev: _Device, ep: int, intf: int, alt: int, config: int) -> _Descriptor:
         endpoint = self._interface(dev, intf, alt, config).endpoints[ep]
@@ -178,29 +174,17 @@ class UsbipBackend(usb.backend.IBackend):  # type: ignore[misc]
     def release_interface(self, dev_handle: SyncDevice, intf: int) -> None:
         """See claim_interface."""
 
-    def bulk_write(
-        self, dev_handle: SyncDevice, ep: int, intf: int, data: array.array[int], timeout: int
-    ) -> int:
+    def bulk_write(self, dev_handle: SyncDevice, ep: int, intf: int, data: array.array[int], timeout: int) -> int:
         return int(_call(dev_handle.bulk_transfer, ep, data.tobytes(), _seconds(timeout)))
 
-    def bulk_read(
-        self, dev_handle: SyncDevice, ep: int, intf: int, buff: array.array[int], timeout: int
-    ) -> int:
-        return _read_into(
-            buff, _call(dev_handle.bulk_transfer, ep, len(buff) * buff.itemsize, _seconds(timeout))
-        )
+    def bulk_read(self, dev_handle: SyncDevice, ep: int, intf: int, buff: array.array[int], timeout: int) -> int:
+        return _read_into(buff, _call(dev_handle.bulk_transfer, ep, len(buff) * buff.itemsize, _seconds(timeout)))
 
-    def intr_write(
-        self, dev_handle: SyncDevice, ep: int, intf: int, data: array.array[int], timeout: int
-    ) -> int:
+    def intr_write(self, dev_handle: SyncDevice, ep: int, intf: int, data: array.array[int], timeout: int) -> int:
         return int(_call(dev_handle.interrupt_transfer, ep, data.tobytes(), _seconds(timeout)))
 
-    def intr_read(
-        self, dev_handle: SyncDevice, ep: int, intf: int, buff: array.array[int], timeout: int
-    ) -> int:
-        return _read_into(
-            buff, _call(dev_handle.interrupt_transfer, ep, len(buff) * buff.itemsize, _seconds(timeout))
-        )
+    def intr_read(self, dev_handle: SyncDevice, ep: int, intf: int, buff: array.array[int], timeout: int) -> int:
+        return _read_into(buff, _call(dev_handle.interrupt_transfer, ep, len(buff) * buff.itemsize, _seconds(timeout)))
 
     def ctrl_transfer(
         self,

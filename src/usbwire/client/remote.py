@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import dataclass
+from ssl import SSLContext, SSLError
 
 from usbwire.errors import ImportRefused, RemoteProtocolError, UsbwireError
 from usbwire.protocol.connection import ClientConnection
@@ -19,6 +20,7 @@ from usbwire.protocol.pdu import (
     OpReqDevlist,
     OpReqImport,
 )
+from usbwire.tls import describe as describe_tls_error
 
 CONNECT_TIMEOUT = 10.0
 
@@ -28,10 +30,14 @@ class ServerUnreachable(UsbwireError):
 
 
 async def open_connection(
-    host: str, port: int = DEFAULT_PORT, timeout: float = CONNECT_TIMEOUT
+    host: str, port: int = DEFAULT_PORT, timeout: float = CONNECT_TIMEOUT, ssl: SSLContext | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ssl, server_hostname=host if ssl else None), timeout
+        )
+    except SSLError as error:
+        raise ServerUnreachable(f"{host}:{port}: {describe_tls_error(error)}") from None
     except socket.gaierror as error:
         raise ServerUnreachable(f"cannot resolve {host}: {error.strerror}") from None
     except ConnectionRefusedError:
@@ -41,8 +47,9 @@ async def open_connection(
     except OSError as error:
         raise ServerUnreachable(f"{host}:{port}: {error.strerror or error}") from None
     sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if sock is not None:  # None when a TLS server already dropped us after the handshake
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     return reader, writer
 
 
@@ -51,13 +58,28 @@ async def read_event(conn: ClientConnection, reader: asyncio.StreamReader) -> Ev
     while True:
         event = conn.next_event()
         if event is NEED_DATA:
-            conn.receive_data(await reader.read(65536))
+            try:
+                conn.receive_data(await reader.read(65536))
+            except SSLError as error:
+                # TLS 1.3 reports a refused client certificate on the first read.
+                raise ServerUnreachable(describe_tls_error(error)) from None
             continue
         if isinstance(event, ConnectionClosed):
-            raise RemoteProtocolError(
-                "the server closed the connection", field="state", value=conn.state.name
-            )
+            raise RemoteProtocolError("the server closed the connection", field="state", value=conn.state.name)
         return event  # type: ignore[return-value]
+
+
+async def _reply(conn: ClientConnection, reader: asyncio.StreamReader, timeout: float, tls: bool) -> Event:
+    try:
+        return await asyncio.wait_for(read_event(conn, reader), timeout)
+    except RemoteProtocolError as error:
+        if tls and error.field == "state":
+            # A TLS server that wants a client certificate hangs up right after the handshake.
+            raise ServerUnreachable(
+                "the server closed the TLS connection without answering (does it require a client "
+                "certificate? give --cert and --key)"
+            ) from None
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +93,14 @@ class Imported:
 
 
 async def list_devices(
-    host: str, port: int = DEFAULT_PORT, timeout: float = CONNECT_TIMEOUT
+    host: str, port: int = DEFAULT_PORT, timeout: float = CONNECT_TIMEOUT, ssl: SSLContext | None = None
 ) -> list[DeviceInfo]:
     """OP_REQ_DEVLIST: the devices ``host`` exports."""
-    reader, writer = await open_connection(host, port, timeout)
+    reader, writer = await open_connection(host, port, timeout, ssl)
     try:
         conn = ClientConnection()
         writer.write(conn.send(OpReqDevlist()))
-        reply = await asyncio.wait_for(read_event(conn, reader), timeout)
+        reply = await _reply(conn, reader, timeout, ssl is not None)
         assert isinstance(reply, OpRepDevlist)
         return list(reply.devices)
     finally:
@@ -86,14 +108,18 @@ async def list_devices(
 
 
 async def import_device(
-    host: str, busid: str, port: int = DEFAULT_PORT, timeout: float = CONNECT_TIMEOUT
+    host: str,
+    busid: str,
+    port: int = DEFAULT_PORT,
+    timeout: float = CONNECT_TIMEOUT,
+    ssl: SSLContext | None = None,
 ) -> Imported:
     """OP_REQ_IMPORT: the connection, now in the URB phase, and the device record."""
-    reader, writer = await open_connection(host, port, timeout)
+    reader, writer = await open_connection(host, port, timeout, ssl)
     try:
         conn = ClientConnection()
         writer.write(conn.send(OpReqImport(busid=busid)))
-        reply = await asyncio.wait_for(read_event(conn, reader), timeout)
+        reply = await _reply(conn, reader, timeout, ssl is not None)
         assert isinstance(reply, OpRepImport)
         if reply.status != OpStatus.OK or reply.device is None:
             raise ImportRefused(busid, reply.status, reply.status.text)

@@ -21,9 +21,7 @@ T = TypeVar("T")
 class SyncDevice:
     """Blocking calls on an imported device; ``with SyncDevice.connect(...) as dev:``."""
 
-    def __init__(
-        self, device: RemoteDevice, loop: asyncio.AbstractEventLoop, thread: threading.Thread
-    ) -> None:
+    def __init__(self, device: RemoteDevice, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
         self._device = device
         self._loop = loop
         self._thread = thread
@@ -34,9 +32,7 @@ class SyncDevice:
         thread = threading.Thread(target=loop.run_forever, name=f"usbwire {host} {busid}", daemon=True)
         thread.start()
         try:
-            future = asyncio.run_coroutine_threadsafe(
-                open_device(host, busid, port=port, timeout=timeout), loop
-            )
+            future = asyncio.run_coroutine_threadsafe(open_device(host, busid, port=port, timeout=timeout), loop)
             device = future.result()
         except BaseException:
             loop.call_soon_threadsafe(loop.stop)
@@ -76,13 +72,9 @@ class SyncDevice:
         data_or_length: bytes | int = 0,
         timeout: float | None = None,
     ) -> bytes | int:
-        return self._call(
-            self._device.control_transfer(request_type, request, value, index, data_or_length, timeout)
-        )
+        return self._call(self._device.control_transfer(request_type, request, value, index, data_or_length, timeout))
 
-    def bulk_transfer(
-        self, endpoint: int, data_or_length: bytes | int, timeout: float | None = None
-    ) -> bytes | int:
+    def bulk_transfer(self, endpoint: int, data_or_length: bytes | int, timeout: float | None = None) -> bytes | int:
         return self._call(self._device.bulk_transfer(endpoint, data_or_length, timeout))
 
     def interrupt_transfer(

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from usbwire.errors import ImportRefused, RemoteProtocolError, UsbwireError
 from usbwire.protocol.connection import ClientConnection
 from usbwire.protocol.constants import DEFAULT_PORT, DEVICE_RECORD_SIZE, OP_HEADER_SIZE, OpStatus, Speed
 from usbwire.protocol.pdu import NEED_DATA, DeviceInfo, OpRepImport, OpReqImport
+from usbwire.tls import describe as describe_tls_error
 
 SYSFS = Path("/sys")
 STATE_DIR = Path("/var/run/vhci_hcd")
@@ -182,12 +184,12 @@ def _sysfs_error(error: OSError, what: str) -> VhciError:
 
 
 def import_socket(
-    host: str, busid: str, tcp_port: int = DEFAULT_PORT, timeout: float = 10.0
+    host: str, busid: str, tcp_port: int = DEFAULT_PORT, timeout: float = 10.0, tls: ssl.SSLContext | None = None
 ) -> tuple[socket.socket, DeviceInfo]:
-    """OP_REQ_IMPORT over a blocking socket, reading exactly the reply's bytes.
+    """OP_REQ_IMPORT over a blocking socket (TLS with ``tls``), reading exactly the reply's bytes.
 
-    Nothing past OP_REP_IMPORT may be read in userspace: the kernel reads the URB stream
-    from this socket once it is attached.
+    Nothing past OP_REP_IMPORT may be read in userspace: the kernel (or the TLS relay) reads
+    the URB stream from this socket once it is attached.
     """
     try:
         sock = socket.create_connection((host, tcp_port), timeout=timeout)
@@ -202,6 +204,11 @@ def import_socket(
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLError as error:
+                raise ServerUnreachable(f"{host}:{tcp_port}: {describe_tls_error(error)}") from None
         conn = ClientConnection()
         sock.sendall(conn.send(OpReqImport(busid=busid)))
         conn.receive_data(_read_exactly(sock, OP_HEADER_SIZE))
@@ -243,17 +250,76 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def attach(host: str, busid: str, tcp_port: int = DEFAULT_PORT, vhci: Vhci | None = None) -> int:
-    """``usbip attach`` in Python: returns the vhci port the device is on."""
+def attach(
+    host: str, busid: str, tcp_port: int = DEFAULT_PORT, vhci: Vhci | None = None, tls: ssl.SSLContext | None = None
+) -> int:
+    """``usbip attach`` in Python: returns the vhci port the device is on.
+
+    With ``tls``, the kernel gets one end of a socketpair and a relay process (which outlives
+    this call, and ends when the port is detached or the server goes away) carries the URB
+    stream over the TLS connection: vhci only takes a plain socket.
+    """
     vhci = vhci or Vhci()
     vhci.check()
     if os.geteuid() != 0:
         raise VhciError("attaching a device needs root")
-    sock, device = import_socket(host, busid, tcp_port)
-    try:
-        port = vhci.attach(sock, device)
-    finally:
-        # The kernel holds its own reference now; close ours, never shut it down.
-        sock.close()
+    sock, device = import_socket(host, busid, tcp_port, tls=tls)
+    if tls is None:
+        try:
+            port = vhci.attach(sock, device)
+        finally:
+            # The kernel holds its own reference now; close ours, never shut it down.
+            sock.close()
+    else:
+        kernel_end, relay_end = socket.socketpair()
+        try:
+            port = vhci.attach(kernel_end, device)
+        except BaseException:
+            relay_end.close()
+            sock.close()
+            raise
+        finally:
+            kernel_end.close()
+        start_relay(sock, relay_end)
     vhci.record(port, host, tcp_port, busid)
     return port
+
+
+def start_relay(network: socket.socket, local: socket.socket) -> int:
+    """Fork a process that copies bytes both ways until either side closes; returns its pid."""
+    pid = os.fork()
+    if pid:
+        network.close()
+        local.close()
+        return pid
+    # The child: detached from the terminal, so it outlives `usbwire attach`.
+    try:
+        os.setsid()
+        relay(network, local)
+    finally:
+        os._exit(0)
+
+
+def relay(network: socket.socket, local: socket.socket) -> None:
+    """Copy until one side ends; a TLS socket's already-decrypted bytes go first."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    selector.register(network, selectors.EVENT_READ, local)
+    selector.register(local, selectors.EVENT_READ, network)
+    try:
+        while True:
+            pending = network.pending() if isinstance(network, ssl.SSLSocket) else 0
+            ready = [(network, local)] if pending else [(k.fileobj, k.data) for k, _ in selector.select()]
+            for source, target in ready:
+                assert isinstance(source, socket.socket)
+                data = source.recv(max(pending, 262144))
+                if not data:
+                    return
+                target.sendall(data)
+    except OSError:
+        return
+    finally:
+        selector.close()
+        network.close()
+        local.close()

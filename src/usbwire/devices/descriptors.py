@@ -60,9 +60,7 @@ class Endpoint:
     def to_bytes(self, speed: Speed) -> bytes:
         packet = self.max_packet_size | (self.additional_transactions << 11)
         attributes = int(self.transfer) | self.sync_attributes
-        out = struct.pack(
-            "<BBBBHB", 7, DescriptorType.ENDPOINT, self.address, attributes, packet, self.interval
-        )
+        out = struct.pack("<BBBBHB", 7, DescriptorType.ENDPOINT, self.address, attributes, packet, self.interval)
         if speed >= Speed.SUPER:
             out += struct.pack(
                 "<BBBBH",

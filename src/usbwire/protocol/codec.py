@@ -459,9 +459,7 @@ def unpack_iso_data(data: bytes, packets: tuple[IsoPacket, ...], buffer_length: 
     buffer = bytearray(buffer_length)
     position = 0
     for packet in packets:
-        buffer[packet.offset : packet.offset + packet.actual_length] = data[
-            position : position + packet.actual_length
-        ]
+        buffer[packet.offset : packet.offset + packet.actual_length] = data[position : position + packet.actual_length]
         position += packet.actual_length
     return buffer
 

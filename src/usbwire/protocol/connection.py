@@ -135,9 +135,7 @@ class Connection:
                 field="role",
                 value=self.role.value,
             )
-        state = (
-            self.state if self.state is State.URB and kind in _URB_EVENTS else next_state(self.state, event)
-        )
+        state = self.state if self.state is State.URB and kind in _URB_EVENTS else next_state(self.state, event)
         self._sending(event)
         self.state = state
         return _ENCODERS[kind](event)
@@ -266,9 +264,7 @@ def _check_answer(ret: RetSubmit, request: Outstanding) -> None:
             value=ret.actual_length,
         )
     if request.direction == Direction.OUT and ret.data:
-        raise LocalProtocolError(
-            "an OUT transfer is answered without data", field="data", value=len(ret.data)
-        )
+        raise LocalProtocolError("an OUT transfer is answered without data", field="data", value=len(ret.data))
     if request.direction == Direction.IN and len(ret.data) != ret.actual_length:
         raise LocalProtocolError(
             f"{len(ret.data)} IN bytes but actual_length={ret.actual_length}",
@@ -331,9 +327,7 @@ class ClientConnection(Connection):
     def _sending(self, event: Event) -> None:
         if isinstance(event, CmdSubmit):
             if event.seqnum in self._outstanding or event.seqnum in self._unlinks:
-                raise LocalProtocolError(
-                    f"seqnum {event.seqnum} is already in use", field="seqnum", value=event.seqnum
-                )
+                raise LocalProtocolError(f"seqnum {event.seqnum} is already in use", field="seqnum", value=event.seqnum)
             self._outstanding[event.seqnum] = Outstanding(
                 event.direction,
                 event.transfer_buffer_length,

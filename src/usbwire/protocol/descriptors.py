@@ -163,8 +163,7 @@ class _Building:
 
     def build(self) -> InterfaceDescriptor:
         endpoints = tuple(
-            EndpointDescriptor(f[0], f[1], f[2], f[3], f[4], f[5], extra=bytes(extra))
-            for f, extra in self.endpoints
+            EndpointDescriptor(f[0], f[1], f[2], f[3], f[4], f[5], extra=bytes(extra)) for f, extra in self.endpoints
         )
         f = self.fields
         return InterfaceDescriptor(

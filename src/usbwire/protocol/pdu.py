@@ -230,15 +230,12 @@ class CmdSubmit:
         if self.direction == Direction.OUT:
             if len(self.data) != self.transfer_buffer_length:
                 raise LocalProtocolError(
-                    f"OUT data is {len(self.data)} bytes, "
-                    f"transfer_buffer_length={self.transfer_buffer_length}",
+                    f"OUT data is {len(self.data)} bytes, transfer_buffer_length={self.transfer_buffer_length}",
                     field="transfer_buffer_length",
                     value=self.transfer_buffer_length,
                 )
         elif self.data:
-            raise LocalProtocolError(
-                "an IN request carries no data", field="direction", value=int(self.direction)
-            )
+            raise LocalProtocolError("an IN request carries no data", field="direction", value=int(self.direction))
         _check_iso(self.iso_packets, self.number_of_packets)
         for packet in self.iso_packets:
             if packet.offset + packet.length > self.transfer_buffer_length:

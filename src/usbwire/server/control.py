@@ -54,9 +54,7 @@ class ControlServer:
                 self.path.unlink()
         old = os.umask(0o177)
         try:
-            self._listener = await asyncio.start_unix_server(
-                self._serve, path=str(self.path), limit=MAX_REQUEST
-            )
+            self._listener = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_REQUEST)
         finally:
             os.umask(old)
         log.info("control socket %s", self.path)

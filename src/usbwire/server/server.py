@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
+from ssl import SSLContext
 from typing import Any
 
 from usbwire.protocol.connection import DEFAULT_MAX_TRANSFER
@@ -46,11 +47,21 @@ class Server:
         self._connections: set[UsbipProtocol] = set()
         self._background: set[asyncio.Task[Any]] = set()
 
-    async def start(self, host: str | Sequence[str] | None = None, port: int = DEFAULT_PORT) -> None:
-        """Listen on ``host`` (all IPv4 and IPv6 addresses when None)."""
+    async def start(
+        self,
+        host: str | Sequence[str] | None = None,
+        port: int = DEFAULT_PORT,
+        ssl: SSLContext | None = None,
+    ) -> None:
+        """Listen on ``host`` (all IPv4 and IPv6 addresses when None); TLS with ``ssl``."""
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: UsbipProtocol(self), host=host, port=port, reuse_address=True
+            lambda: UsbipProtocol(self),
+            host=host,
+            port=port,
+            reuse_address=True,
+            ssl=ssl,
+            ssl_handshake_timeout=10.0 if ssl else None,
         )
         self._servers.append(server)
         for sock in server.sockets:

@@ -158,9 +158,7 @@ class Serial(Device):
             await self._notify.wait()
             self._notify.clear()
             # SERIAL_STATE: bmRequestType 0xA1, interface 0, 2 data bytes.
-            return struct.pack("<BBHHHH", 0xA1, SERIAL_STATE_NOTIFICATION, 0, 0, 2, self._serial_state)[
-                :length
-            ]
+            return struct.pack("<BBHHHH", 0xA1, SERIAL_STATE_NOTIFICATION, 0, 0, 2, self._serial_state)[:length]
         while not self._to_host:
             self._to_host_ready.clear()
             await self._to_host_ready.wait()

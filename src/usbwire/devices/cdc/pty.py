@@ -18,9 +18,7 @@ class PtyBridge:
     ``path`` at will without the master side seeing a hang-up.
     """
 
-    def __init__(
-        self, serial: Serial, link: str | os.PathLike[str] | None = None, name: str = "serial"
-    ) -> None:
+    def __init__(self, serial: Serial, link: str | os.PathLike[str] | None = None, name: str = "serial") -> None:
         self.serial = serial
         self.serial_name = name
         self.master, self._slave = os.openpty()

@@ -23,9 +23,7 @@ def _table() -> dict[str, tuple[int, int]]:
     for plain, shifted, code in zip(_UNSHIFTED, _SHIFTED, _PUNCTUATION_USAGES, strict=True):
         table[plain] = (0, code)
         table[shifted] = (LEFT_SHIFT, code)
-    table.update(
-        {"\n": (0, ENTER), "\t": (0, TAB), " ": (0, SPACE), "\b": (0, BACKSPACE), "\x1b": (0, ESCAPE)}
-    )
+    table.update({"\n": (0, ENTER), "\t": (0, TAB), " ": (0, SPACE), "\b": (0, BACKSPACE), "\x1b": (0, ESCAPE)})
     return table
 
 

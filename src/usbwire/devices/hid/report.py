@@ -19,13 +19,9 @@ def _item(tag: int, kind: ItemType, value: int | None, *, signed: bool = False) 
     if value is None:
         return bytes([(tag << 4) | (kind << 2)])
     for size_code, size in ((1, 1), (2, 2), (3, 4)):
-        low, high = (
-            (-(1 << (8 * size - 1)), (1 << (8 * size - 1)) - 1) if signed else (0, (1 << 8 * size) - 1)
-        )
+        low, high = (-(1 << (8 * size - 1)), (1 << (8 * size - 1)) - 1) if signed else (0, (1 << 8 * size) - 1)
         if low <= value <= high:
-            return bytes([(tag << 4) | (kind << 2) | size_code]) + value.to_bytes(
-                size, "little", signed=signed
-            )
+            return bytes([(tag << 4) | (kind << 2) | size_code]) + value.to_bytes(size, "little", signed=signed)
     raise ValueError(f"HID item value {value} does not fit 4 bytes")
 
 

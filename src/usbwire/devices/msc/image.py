@@ -34,9 +34,7 @@ class Image:
         OSError: The image cannot be opened, or is locked by another user (``EBUSY``).
     """
 
-    def __init__(
-        self, path: str | os.PathLike[str], size: int | None = None, read_only: bool = False
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], size: int | None = None, read_only: bool = False) -> None:
         if size is not None and (size <= 0 or size % BLOCK_SIZE):
             raise ValueError(f"image size {size} is not a positive multiple of {BLOCK_SIZE}")
         self.path = os.fspath(path)

@@ -71,9 +71,7 @@ def vpd_page(identity: Identity, page: int) -> bytes:
         body = identity.serial.encode("ascii")
     elif page == VpdPage.DEVICE_IDENTIFICATION:
         # One designator: T10 vendor ID based, naming the logical unit (no IEEE OUI for NAA).
-        designator = _ascii(identity.vendor, 8) + f"{identity.product.strip()} {identity.serial}".encode(
-            "ascii"
-        )
+        designator = _ascii(identity.vendor, 8) + f"{identity.product.strip()} {identity.serial}".encode("ascii")
         body = (
             struct.pack(
                 ">BBBB",
