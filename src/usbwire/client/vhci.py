@@ -211,7 +211,18 @@ def import_socket(
                 raise ServerUnreachable(f"{host}:{tcp_port}: {describe_tls_error(error)}") from None
         conn = ClientConnection()
         sock.sendall(conn.send(OpReqImport(busid=busid)))
-        conn.receive_data(_read_exactly(sock, OP_HEADER_SIZE))
+        try:
+            conn.receive_data(_read_exactly(sock, OP_HEADER_SIZE))
+        except ssl.SSLError as error:
+            raise ServerUnreachable(f"{host}:{tcp_port}: {describe_tls_error(error)}") from None
+        except RemoteProtocolError:
+            if tls is None:
+                raise
+            # A TLS server that wants a client certificate hangs up right after the handshake.
+            raise ServerUnreachable(
+                f"{host}:{tcp_port}: the server closed the TLS connection without answering "
+                "(does it require a client certificate? give --cert and --key)"
+            ) from None
         reply = conn.next_event()
         if reply is NEED_DATA:
             conn.receive_data(_read_exactly(sock, DEVICE_RECORD_SIZE))

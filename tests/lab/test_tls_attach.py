@@ -1,0 +1,80 @@
+"""The guest kernel imports a disk from a usbwire server over mutual TLS, through the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.conftest import RunningServer
+from usbwire import Server, server_tls_context
+from usbwire.backends.emulated import EmulatedExport
+from usbwire.devices.msc import PRODUCT_ID as DISK_PRODUCT_ID
+from usbwire.devices.msc import VENDOR_ID, MassStorage
+
+from .session import Lab
+
+pytestmark = pytest.mark.lab
+
+SECTORS = 64
+
+
+def test_attach_over_mutual_tls_reads_the_disk(lab: Lab, tmp_path: Path) -> None:
+    known = os.urandom(SECTORS * 512)
+    image = tmp_path / "disk.img"
+    with image.open("wb") as disk:
+        disk.write(known)
+        disk.truncate(16 << 20)
+    ca = trustme.CA()
+    ca.issue_cert("10.0.2.2").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    context = server_tls_context(tmp_path / "server.pem", tmp_path / "server.pem", tmp_path / "ca.pem")
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = Server()
+
+    async def begin() -> None:
+        server.registry.add(EmulatedExport(MassStorage(image), busid="5-1", busnum=5, devnum=2))
+        await server.start("127.0.0.1", 0, ssl=context)
+
+    asyncio.run_coroutine_threadsafe(begin(), loop).result(10)
+    running = RunningServer(server, loop)
+    try:
+        with lab.vm() as vm:
+            # The guest sees the CA and its client certificate through the scratch share.
+            share = Path(vm.paths.scratch)
+            ca.cert_pem.write_to_path(str(share / "ca.pem"))
+            ca.issue_cert("guest-client").private_key_and_cert_chain_pem.write_to_path(str(share / "client.pem"))
+            tls = f"--tls --ca {share / 'ca.pem'} --cert {share / 'client.pem'} --key {share / 'client.pem'}"
+            # Without a client certificate the server refuses.
+            refused = vm.chroot_run(f"{vm.python} -m usbwire attach {tls.split(' --cert', maxsplit=1)[0]} -r 10.0.2.2"
+                                    f" -p {running.port} -b 5-1")  # fmt: skip
+            assert refused.code == 1 and "client certificate" in refused.err, refused.describe()
+
+            attached = vm.chroot_run(f"{vm.python} -m usbwire attach {tls} -r 10.0.2.2 -p {running.port} -b 5-1")
+            assert attached.ok, attached.describe()
+            busid = vm.wait_for_usb(VENDOR_ID, DISK_PRODUCT_ID)
+            sysfs = f"/sys/bus/usb/devices/{busid}:1.0/host*/target*/*/block"
+            block = vm.run(
+                f"for i in $(seq 100); do b=$(ls {sysfs} 2>/dev/null)"
+                ' && [ -n "$b" ] && [ -e /dev/$b ] && echo $b && exit 0; sleep 0.1; done; exit 1',
+                30,
+                check=True,
+            ).out.split()[0]
+            digest = vm.run(f"dd if=/dev/{block} bs=512 count={SECTORS} iflag=direct 2>/dev/null | sha256sum", 60)
+            assert digest.out.split()[0] == hashlib.sha256(known).hexdigest()
+            port = int(attached.out.rsplit("port ", 1)[1])
+            assert vm.chroot_run(f"{vm.python} -m usbwire detach -p {port}").ok
+            vm.wait_for_usb(VENDOR_ID, DISK_PRODUCT_ID, present=False)
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
