@@ -8,7 +8,9 @@ from usbwire.certs import init as certs_init
 from usbwire.client import ServerUnreachable, SyncDevice, connect, import_device, list_devices
 from usbwire.client.vhci import Vhci, VhciError
 from usbwire.client.vhci import attach as vhci_attach
+from usbwire.config import load as load_config
 from usbwire.errors import (
+    AuthenticationFailed,
     ControlError,
     ImportRefused,
     LocalProtocolError,
@@ -35,6 +37,7 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "DEFAULT_CONTROL_PATH",
     "DEFAULT_PORT",
+    "AuthenticationFailed",
     "BindError",
     "ControlError",
     "ControlServer",
@@ -66,6 +69,7 @@ __all__ = [
     "control_request",
     "import_device",
     "list_devices",
+    "load_config",
     "load_usb_ids",
     "local_devices",
     "run",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -96,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", metavar="PEM", help="serve over TLS 1.3 with this certificate (chain)")
     serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     serve.add_argument("--client-ca", metavar="PEM", help="require client certificates signed by this CA (mTLS)")
+    serve.add_argument("--config", metavar="TOML", help="settings file (see usbwire.config); flags override it")
+    serve.add_argument("--user", help="drop root and run as this user once the sockets are bound")
     serve.add_argument(
         "--loop",
         choices=["auto", "asyncio", "uvloop"],
@@ -195,12 +198,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """The token from --token-file or $USBWIRE_TOKEN (never from the command line: ps shows it)."""
+    import os
+
+    if getattr(args, "token_file", None):
+        try:
+            with open(args.token_file) as stream:
+                return stream.read().strip()
+        except OSError as error:
+            raise usbwire.UsbwireError(f"{args.token_file}: {error.strerror}") from None
+    return os.environ.get("USBWIRE_TOKEN") or None
+
+
 def _tls_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TLS (usbwire servers only; the kernel's usbipd speaks plain TCP)")
     group.add_argument("--tls", action="store_true", help="connect with TLS 1.3, checking the server's certificate")
     group.add_argument("--ca", metavar="PEM", help="CA that signed the server's certificate (default: the system's)")
     group.add_argument("--cert", metavar="PEM", help="client certificate, for servers that require one")
     group.add_argument("--key", metavar="PEM", help="the client certificate's key")
+    group.add_argument("--token-file", metavar="FILE", help="prove this token to the server (or set $USBWIRE_TOKEN)")
 
 
 def _client_tls(args: argparse.Namespace) -> SSLContext | None:
@@ -221,26 +238,39 @@ def _control_argument(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     if args.verbose == 0:
         logging.getLogger().setLevel(logging.INFO)
-    options = ServeOptions(
-        hosts=args.hosts,
-        port=args.port,
-        control_path=None if args.control == "none" else args.control,
-        demo=args.demo,
-        exports=tuple(args.export),
-        backend=args.backend,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        client_ca=args.client_ca,
-        limits=Limits(max_in_flight=args.max_in_flight),
-    )
-    usbwire.run(usbwire.serve(options), loop=args.loop)
+    settings = usbwire.load_config(args.config) if args.config else {}
+    usbwire.run(usbwire.serve(ServeOptions(**{**settings, **_serve_flags(args, settings)})), loop=args.loop)
     return 0
+
+
+def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    """What the command line says; a flag left at its default leaves --config's setting alone."""
+    flags: dict[str, Any] = {}
+    if args.hosts:
+        flags["hosts"] = tuple(args.hosts)
+    if args.port != DEFAULT_PORT or "port" not in settings:
+        flags["port"] = args.port
+    if args.demo:
+        flags["demo"] = True
+    if args.export:
+        flags["exports"] = tuple(args.export)
+    if args.backend != "libusb" or "backend" not in settings:
+        flags["backend"] = args.backend
+    for name in ("tls_cert", "tls_key", "client_ca", "user"):
+        if getattr(args, name):
+            flags[name] = getattr(args, name)
+    if args.control != DEFAULT_CONTROL_PATH or "control_path" not in settings:
+        flags["control_path"] = None if args.control == "none" else args.control
+    limits = settings.get("limits", Limits())
+    if args.max_in_flight != Limits().max_in_flight:
+        flags["limits"] = dataclasses.replace(limits, max_in_flight=args.max_in_flight)
+    return flags
 
 
 def _list(args: argparse.Namespace) -> int:
     if args.local:
         return _list_local(args)
-    devices = asyncio.run(usbwire.list_devices(args.remote, args.port, ssl=_client_tls(args)))
+    devices = asyncio.run(usbwire.list_devices(args.remote, args.port, ssl=_client_tls(args), token=_token(args)))
     if args.json:
         print(json.dumps([_device_json(d) for d in devices], indent=2))
         return 0
@@ -338,7 +368,7 @@ def _mouse(args: argparse.Namespace) -> int:
 
 
 def _attach(args: argparse.Namespace) -> int:
-    port = usbwire.vhci_attach(args.remote, args.busid, args.tcp_port, tls=_client_tls(args))
+    port = usbwire.vhci_attach(args.remote, args.busid, args.tcp_port, tls=_client_tls(args), token=_token(args))
     print(f"attached {args.remote}:{args.tcp_port}/{args.busid} on port {port}")
     return 0
 

@@ -42,6 +42,10 @@ class ImportRefused(UsbwireError):
         self.status = status
 
 
+class AuthenticationFailed(UsbwireError):
+    """The server refused the token's proof, or does not speak usbwire's authentication."""
+
+
 class TransferError(UsbwireError):
     """A URB completed with a non-zero status (a negative Linux errno, e.g. -32 for a stall)."""
 

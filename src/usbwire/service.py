@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from usbwire.devices.cdc.pty import PtyBridge
 from usbwire.errors import UsbwireError
 from usbwire.exports import ExportRules, RealDevices
 from usbwire.protocol.constants import DEFAULT_PORT
+from usbwire.server.access import AccessPolicy
 from usbwire.server.control import DEFAULT_CONTROL_PATH, ControlServer
 from usbwire.server.server import Limits, Server
 
@@ -37,6 +39,9 @@ class ServeOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     client_ca: str | None = None
+    # Who may see and import what (see usbwire.server.access), and the user to run as.
+    policy: AccessPolicy = field(default_factory=AccessPolicy)
+    user: str | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -54,7 +59,7 @@ def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
 
 
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
-    server = Server(limits=options.limits)
+    server = Server(limits=options.limits, policy=options.policy)
     rules = ExportRules.parse(options.exports)
     real = RealDevices(server.registry, rules, options.backend) if rules else None
     if options.demo or not rules:
@@ -74,6 +79,8 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         control = ControlServer(server, options.control_path)
         demo.add_export_command(control, server.registry)
         await control.start()
+    if options.user:
+        drop_privileges(options.user)
     bridges = [PtyBridge(device, name=busid) for busid, device in _serial_ports(server)]
     for bridge in bridges:
         bridge.start()
@@ -108,3 +115,19 @@ def _serial_ports(server: Server) -> list[tuple[str, Serial]]:
         for export in server.registry
         if isinstance(export, EmulatedExport) and isinstance(export.device, Serial)
     ]
+
+
+def drop_privileges(user: str) -> None:
+    """After the sockets are bound, go on as ``user``: emulated devices need no root."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise UsbwireError(f"no user {user!r}") from None
+    if os.geteuid() != 0:
+        raise UsbwireError("--user needs the server to start as root")
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    log.info("running as %s", user)

@@ -11,8 +11,12 @@ from usbwire.protocol import (
     CmdUnlink,
     Direction,
     Event,
+    OpRepAuth,
+    OpRepChallenge,
     OpRepDevlist,
     OpRepImport,
+    OpReqAuth,
+    OpReqChallenge,
     OpReqDevlist,
     OpReqImport,
     OpStatus,
@@ -32,6 +36,10 @@ ONE_OF_EACH: list[Event] = [
     RetSubmit(seqnum=1),
     CmdUnlink(seqnum=2, devid=DEVICE.devid, unlink_seqnum=1),
     RetUnlink(seqnum=2),
+    OpReqChallenge(),
+    OpRepChallenge(nonce=bytes(32)),
+    OpReqAuth(nonce=bytes(32), proof=bytes(32)),
+    OpRepAuth(status=OpStatus.OK),
 ]
 URB_EVENTS = (CmdSubmit, CmdUnlink, RetSubmit, RetUnlink)
 
@@ -41,7 +49,7 @@ def test_every_pdu_has_exactly_one_sending_role() -> None:
 
 
 def test_requests_and_commands_come_from_the_client_replies_from_the_server() -> None:
-    client = {OpReqDevlist, OpReqImport, CmdSubmit, CmdUnlink}
+    client = {OpReqDevlist, OpReqImport, OpReqChallenge, OpReqAuth, CmdSubmit, CmdUnlink}
     assert {kind for kind, role in SENDER.items() if role is Role.CLIENT} == client
     assert {kind for kind, role in SENDER.items() if role is Role.SERVER} == set(SENDER) - client
 

@@ -317,10 +317,16 @@ def _raise_for(ret: RetSubmit) -> None:
 
 
 async def open_device(
-    host: str, busid: str, *, port: int = DEFAULT_PORT, timeout: float = 10.0, ssl: SSLContext | None = None
+    host: str,
+    busid: str,
+    *,
+    port: int = DEFAULT_PORT,
+    timeout: float = 10.0,
+    ssl: SSLContext | None = None,
+    token: str | None = None,
 ) -> RemoteDevice:
     """Import ``busid`` from ``host`` and read its descriptors; close it when done."""
-    device = RemoteDevice(await import_device(host, busid, port, timeout, ssl))
+    device = RemoteDevice(await import_device(host, busid, port, timeout, ssl, token))
     try:
         await asyncio.wait_for(device.start(), timeout)
     except BaseException:
@@ -331,10 +337,16 @@ async def open_device(
 
 @contextlib.asynccontextmanager
 async def connect(
-    host: str, busid: str, *, port: int = DEFAULT_PORT, timeout: float = 10.0, ssl: SSLContext | None = None
+    host: str,
+    busid: str,
+    *,
+    port: int = DEFAULT_PORT,
+    timeout: float = 10.0,
+    ssl: SSLContext | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[RemoteDevice]:
     """``async with connect(host, busid) as device:`` a device imported for the block."""
-    device = await open_device(host, busid, port=port, timeout=timeout, ssl=ssl)
+    device = await open_device(host, busid, port=port, timeout=timeout, ssl=ssl, token=token)
     try:
         yield device
     finally:

@@ -7,7 +7,8 @@ import socket
 from dataclasses import dataclass
 from ssl import SSLContext, SSLError
 
-from usbwire.errors import ImportRefused, RemoteProtocolError, UsbwireError
+from usbwire import auth
+from usbwire.errors import AuthenticationFailed, ImportRefused, RemoteProtocolError, UsbwireError
 from usbwire.protocol.connection import ClientConnection
 from usbwire.protocol.constants import DEFAULT_PORT, OpStatus
 from usbwire.protocol.pdu import (
@@ -15,8 +16,12 @@ from usbwire.protocol.pdu import (
     ConnectionClosed,
     DeviceInfo,
     Event,
+    OpRepAuth,
+    OpRepChallenge,
     OpRepDevlist,
     OpRepImport,
+    OpReqAuth,
+    OpReqChallenge,
     OpReqDevlist,
     OpReqImport,
 )
@@ -92,13 +97,37 @@ class Imported:
     device: DeviceInfo
 
 
+async def authenticate(
+    conn: ClientConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str, timeout: float
+) -> None:
+    """usbwire's challenge-response: prove we hold ``token`` without sending it."""
+    writer.write(conn.send(OpReqChallenge()))
+    try:
+        challenge = await asyncio.wait_for(read_event(conn, reader), timeout)
+    except RemoteProtocolError:
+        raise AuthenticationFailed("the server does not speak usbwire's token authentication") from None
+    assert isinstance(challenge, OpRepChallenge)
+    mine = auth.nonce()
+    writer.write(conn.send(OpReqAuth(nonce=mine, proof=auth.proof(token, challenge.nonce, mine))))
+    verdict = await asyncio.wait_for(read_event(conn, reader), timeout)
+    assert isinstance(verdict, OpRepAuth)
+    if verdict.status != OpStatus.OK:
+        raise AuthenticationFailed("the server refused the token")
+
+
 async def list_devices(
-    host: str, port: int = DEFAULT_PORT, timeout: float = CONNECT_TIMEOUT, ssl: SSLContext | None = None
+    host: str,
+    port: int = DEFAULT_PORT,
+    timeout: float = CONNECT_TIMEOUT,
+    ssl: SSLContext | None = None,
+    token: str | None = None,
 ) -> list[DeviceInfo]:
-    """OP_REQ_DEVLIST: the devices ``host`` exports."""
+    """OP_REQ_DEVLIST: the devices ``host`` exports (to us: a server may hide some)."""
     reader, writer = await open_connection(host, port, timeout, ssl)
     try:
         conn = ClientConnection()
+        if token is not None:
+            await authenticate(conn, reader, writer, token, timeout)
         writer.write(conn.send(OpReqDevlist()))
         reply = await _reply(conn, reader, timeout, ssl is not None)
         assert isinstance(reply, OpRepDevlist)
@@ -113,11 +142,14 @@ async def import_device(
     port: int = DEFAULT_PORT,
     timeout: float = CONNECT_TIMEOUT,
     ssl: SSLContext | None = None,
+    token: str | None = None,
 ) -> Imported:
     """OP_REQ_IMPORT: the connection, now in the URB phase, and the device record."""
     reader, writer = await open_connection(host, port, timeout, ssl)
     try:
         conn = ClientConnection()
+        if token is not None:
+            await authenticate(conn, reader, writer, token, timeout)
         writer.write(conn.send(OpReqImport(busid=busid)))
         reply = await _reply(conn, reader, timeout, ssl is not None)
         assert isinstance(reply, OpRepImport)

@@ -16,11 +16,28 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from usbwire import auth
 from usbwire.client.remote import ServerUnreachable
-from usbwire.errors import ImportRefused, RemoteProtocolError, UsbwireError
+from usbwire.errors import AuthenticationFailed, ImportRefused, RemoteProtocolError, UsbwireError
 from usbwire.protocol.connection import ClientConnection
-from usbwire.protocol.constants import DEFAULT_PORT, DEVICE_RECORD_SIZE, OP_HEADER_SIZE, OpStatus, Speed
-from usbwire.protocol.pdu import NEED_DATA, DeviceInfo, OpRepImport, OpReqImport
+from usbwire.protocol.constants import (
+    AUTH_NONCE_SIZE,
+    DEFAULT_PORT,
+    DEVICE_RECORD_SIZE,
+    OP_HEADER_SIZE,
+    OpStatus,
+    Speed,
+)
+from usbwire.protocol.pdu import (
+    NEED_DATA,
+    DeviceInfo,
+    OpRepAuth,
+    OpRepChallenge,
+    OpRepImport,
+    OpReqAuth,
+    OpReqChallenge,
+    OpReqImport,
+)
 from usbwire.tls import describe as describe_tls_error
 
 SYSFS = Path("/sys")
@@ -184,7 +201,12 @@ def _sysfs_error(error: OSError, what: str) -> VhciError:
 
 
 def import_socket(
-    host: str, busid: str, tcp_port: int = DEFAULT_PORT, timeout: float = 10.0, tls: ssl.SSLContext | None = None
+    host: str,
+    busid: str,
+    tcp_port: int = DEFAULT_PORT,
+    timeout: float = 10.0,
+    tls: ssl.SSLContext | None = None,
+    token: str | None = None,
 ) -> tuple[socket.socket, DeviceInfo]:
     """OP_REQ_IMPORT over a blocking socket (TLS with ``tls``), reading exactly the reply's bytes.
 
@@ -210,6 +232,8 @@ def import_socket(
             except ssl.SSLError as error:
                 raise ServerUnreachable(f"{host}:{tcp_port}: {describe_tls_error(error)}") from None
         conn = ClientConnection()
+        if token is not None:
+            _authenticate(sock, conn, token)
         sock.sendall(conn.send(OpReqImport(busid=busid)))
         try:
             conn.receive_data(_read_exactly(sock, OP_HEADER_SIZE))
@@ -241,6 +265,23 @@ def import_socket(
     return sock, reply.device
 
 
+def _authenticate(sock: socket.socket, conn: ClientConnection, token: str) -> None:
+    sock.sendall(conn.send(OpReqChallenge()))
+    try:
+        conn.receive_data(_read_exactly(sock, OP_HEADER_SIZE + AUTH_NONCE_SIZE))
+    except RemoteProtocolError:
+        raise AuthenticationFailed("the server does not speak usbwire's token authentication") from None
+    challenge = conn.next_event()
+    assert isinstance(challenge, OpRepChallenge)
+    mine = auth.nonce()
+    sock.sendall(conn.send(OpReqAuth(nonce=mine, proof=auth.proof(token, challenge.nonce, mine))))
+    conn.receive_data(_read_exactly(sock, OP_HEADER_SIZE))
+    verdict = conn.next_event()
+    assert isinstance(verdict, OpRepAuth)
+    if verdict.status != OpStatus.OK:
+        raise AuthenticationFailed("the server refused the token")
+
+
 def _refusal(status: OpStatus, busid: str) -> str:
     if status == OpStatus.NODEV:
         return f"busid {busid} is not exported by the server"
@@ -262,7 +303,12 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
 
 
 def attach(
-    host: str, busid: str, tcp_port: int = DEFAULT_PORT, vhci: Vhci | None = None, tls: ssl.SSLContext | None = None
+    host: str,
+    busid: str,
+    tcp_port: int = DEFAULT_PORT,
+    vhci: Vhci | None = None,
+    tls: ssl.SSLContext | None = None,
+    token: str | None = None,
 ) -> int:
     """``usbip attach`` in Python: returns the vhci port the device is on.
 
@@ -274,7 +320,7 @@ def attach(
     vhci.check()
     if os.geteuid() != 0:
         raise VhciError("attaching a device needs root")
-    sock, device = import_socket(host, busid, tcp_port, tls=tls)
+    sock, device = import_socket(host, busid, tcp_port, tls=tls, token=token)
     if tls is None:
         try:
             port = vhci.attach(sock, device)

@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 from usbwire.errors import LocalProtocolError, RemoteProtocolError
 from usbwire.protocol.constants import (
+    AUTH_NONCE_SIZE,
+    AUTH_PROOF_SIZE,
     BUSID_SIZE,
     DEVICE_RECORD_SIZE,
     INTERFACE_RECORD_SIZE,
@@ -37,8 +39,12 @@ from usbwire.protocol.pdu import (
     DeviceInfo,
     InterfaceInfo,
     IsoPacket,
+    OpRepAuth,
+    OpRepChallenge,
     OpRepDevlist,
     OpRepImport,
+    OpReqAuth,
+    OpReqChallenge,
     OpReqDevlist,
     OpReqImport,
     RetSubmit,
@@ -174,19 +180,70 @@ def _speed(value: int) -> Speed:
 
 
 def read_op_request(buf: Buffer) -> Read:
-    """A server's first read: OP_REQ_DEVLIST or OP_REQ_IMPORT."""
+    """A server's first read: OP_REQ_DEVLIST, OP_REQ_IMPORT (or usbwire's OP_REQ_CHALLENGE)."""
     if len(buf) < OP_HEADER_SIZE:
         return None
-    code, status = _read_op_header(buf, (OpCode.REQ_DEVLIST, OpCode.REQ_IMPORT))
+    code, status = _read_op_header(buf, (OpCode.REQ_DEVLIST, OpCode.REQ_IMPORT, OpCode.REQ_CHALLENGE))
     if status != 0:
         # usbipd refuses a request with a non-zero status; so do we.
         raise RemoteProtocolError(f"request status {status}, must be 0", field="status", value=status)
     if code == OpCode.REQ_DEVLIST:
         return OpReqDevlist(), OP_HEADER_SIZE
+    if code == OpCode.REQ_CHALLENGE:
+        return OpReqChallenge(), OP_HEADER_SIZE
     if len(buf) < OP_HEADER_SIZE + BUSID_SIZE:
         return None
     busid = _decode_text(bytes(buf[OP_HEADER_SIZE : OP_HEADER_SIZE + BUSID_SIZE]), "busid")
     return OpReqImport(busid=busid), OP_HEADER_SIZE + BUSID_SIZE
+
+
+def read_op_req_auth(buf: Buffer) -> Read:
+    size = OP_HEADER_SIZE + AUTH_NONCE_SIZE + AUTH_PROOF_SIZE
+    if len(buf) < OP_HEADER_SIZE:
+        return None
+    _, status = _read_op_header(buf, (OpCode.REQ_AUTH,))
+    if status != 0:
+        raise RemoteProtocolError(f"request status {status}, must be 0", field="status", value=status)
+    if len(buf) < size:
+        return None
+    nonce = bytes(buf[OP_HEADER_SIZE : OP_HEADER_SIZE + AUTH_NONCE_SIZE])
+    proof = bytes(buf[OP_HEADER_SIZE + AUTH_NONCE_SIZE : size])
+    return OpReqAuth(nonce=nonce, proof=proof), size
+
+
+def read_op_rep_challenge(buf: Buffer) -> Read:
+    size = OP_HEADER_SIZE + AUTH_NONCE_SIZE
+    if len(buf) < OP_HEADER_SIZE:
+        return None
+    _, status = _read_op_header(buf, (OpCode.REP_CHALLENGE,))
+    if status != 0:
+        raise RemoteProtocolError(f"challenge status {status}", field="status", value=status)
+    if len(buf) < size:
+        return None
+    return OpRepChallenge(nonce=bytes(buf[OP_HEADER_SIZE:size])), size
+
+
+def read_op_rep_auth(buf: Buffer) -> Read:
+    if len(buf) < OP_HEADER_SIZE:
+        return None
+    _, status = _read_op_header(buf, (OpCode.REP_AUTH,))
+    return OpRepAuth(status=_op_status(status)), OP_HEADER_SIZE
+
+
+def encode_op_req_challenge(_: OpReqChallenge) -> bytes:
+    return encode_op_header(OpCode.REQ_CHALLENGE)
+
+
+def encode_op_rep_challenge(rep: OpRepChallenge) -> bytes:
+    return encode_op_header(OpCode.REP_CHALLENGE) + rep.nonce
+
+
+def encode_op_req_auth(req: OpReqAuth) -> bytes:
+    return encode_op_header(OpCode.REQ_AUTH) + req.nonce + req.proof
+
+
+def encode_op_rep_auth(rep: OpRepAuth) -> bytes:
+    return encode_op_header(OpCode.REP_AUTH, rep.status)
 
 
 def read_op_rep_devlist(buf: Buffer, max_devices: int = MAX_DEVLIST_DEVICES) -> Read:

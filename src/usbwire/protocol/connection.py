@@ -21,8 +21,12 @@ from usbwire.protocol.pdu import (
     CmdUnlink,
     ConnectionClosed,
     Event,
+    OpRepAuth,
+    OpRepChallenge,
     OpRepDevlist,
     OpRepImport,
+    OpReqAuth,
+    OpReqChallenge,
     OpReqDevlist,
     OpReqImport,
     RetSubmit,
@@ -35,6 +39,10 @@ DEFAULT_MAX_TRANSFER = 16 * 1024 * 1024
 
 _ENCODERS: dict[type[Event], Callable[[object], bytes]] = {
     OpReqDevlist: codec.encode_op_req_devlist,  # type: ignore[dict-item]
+    OpReqChallenge: codec.encode_op_req_challenge,  # type: ignore[dict-item]
+    OpRepChallenge: codec.encode_op_rep_challenge,  # type: ignore[dict-item]
+    OpReqAuth: codec.encode_op_req_auth,  # type: ignore[dict-item]
+    OpRepAuth: codec.encode_op_rep_auth,  # type: ignore[dict-item]
     OpRepDevlist: codec.encode_op_rep_devlist,  # type: ignore[dict-item]
     OpReqImport: codec.encode_op_req_import,  # type: ignore[dict-item]
     OpRepImport: codec.encode_op_rep_import,  # type: ignore[dict-item]
@@ -191,6 +199,8 @@ class ServerConnection(Connection):
     def _reader(self) -> Callable[[memoryview], codec.Read] | None:
         if self.state is State.OP_REQUEST:
             return codec.read_op_request
+        if self.state is State.AUTH_REQUEST:
+            return codec.read_op_req_auth
         if self.state is State.URB:
             if self._read_cmd is None:
                 assert self.devid is not None
@@ -311,6 +321,10 @@ class ClientConnection(Connection):
             return codec.read_op_rep_devlist
         if self.state is State.IMPORT_REPLY:
             return codec.read_op_rep_import
+        if self.state is State.CHALLENGE_REPLY:
+            return codec.read_op_rep_challenge
+        if self.state is State.AUTH_REPLY:
+            return codec.read_op_rep_auth
         if self.state is State.URB:
             return lambda buf: codec.read_ret(buf, self._outstanding.get)
         return None

@@ -17,6 +17,8 @@ ISO_DESCRIPTOR_SIZE = 16
 
 # The Linux stub's own cap on iso packets per URB (USBIP_MAX_ISO_PACKETS).
 MAX_ISO_PACKETS = 1024
+AUTH_NONCE_SIZE = 32
+AUTH_PROOF_SIZE = 32
 # Largest DEVLIST a client accepts: bounds what a hostile server can make us buffer.
 MAX_DEVLIST_DEVICES = 4096
 
@@ -28,6 +30,12 @@ class OpCode(enum.IntEnum):
     REP_DEVLIST = 0x0005
     REQ_IMPORT = 0x8003
     REP_IMPORT = 0x0003
+    # usbwire's authentication extension (challenge-response with a shared token). Plain
+    # USB/IP peers never send these; usbipd drops a connection that does.
+    REQ_CHALLENGE = 0x80A1
+    REP_CHALLENGE = 0x00A1
+    REQ_AUTH = 0x80A2
+    REP_AUTH = 0x00A2
 
 
 class OpStatus(enum.IntEnum):

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from usbwire.errors import LocalProtocolError
 from usbwire.protocol.constants import (
+    AUTH_NONCE_SIZE,
+    AUTH_PROOF_SIZE,
     BUSID_SIZE,
     MAX_ISO_PACKETS,
     PATH_SIZE,
@@ -160,6 +162,41 @@ class OpRepImport:
                 field="status",
                 value=int(self.status),
             )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpReqChallenge:
+    """usbwire extension: the client asks for a nonce to prove it knows a token."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpRepChallenge:
+    """usbwire extension: the server's fresh nonce."""
+
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.nonce) != AUTH_NONCE_SIZE:
+            raise LocalProtocolError("the nonce is 32 bytes", field="nonce", value=len(self.nonce))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpReqAuth:
+    """usbwire extension: the client's nonce and HMAC proof (see usbwire.auth)."""
+
+    nonce: bytes
+    proof: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.nonce) != AUTH_NONCE_SIZE or len(self.proof) != AUTH_PROOF_SIZE:
+            raise LocalProtocolError("nonce and proof are 32 bytes each", field="proof", value=len(self.proof))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpRepAuth:
+    """usbwire extension: OK, or the connection ends."""
+
+    status: OpStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +406,9 @@ class RetUnlink:
         _check_range("status", self.status, _S32_MIN, 0)
 
 
-OpEvent = OpReqDevlist | OpRepDevlist | OpReqImport | OpRepImport
+OpEvent = (
+    OpReqDevlist | OpRepDevlist | OpReqImport | OpRepImport | OpReqChallenge | OpRepChallenge | OpReqAuth | OpRepAuth
+)
 UrbEvent = CmdSubmit | RetSubmit | CmdUnlink | RetUnlink
 Event = OpEvent | UrbEvent
 
@@ -398,8 +437,12 @@ __all__ = [
     "InterfaceInfo",
     "IsoPacket",
     "OpEvent",
+    "OpRepAuth",
+    "OpRepChallenge",
     "OpRepDevlist",
     "OpRepImport",
+    "OpReqAuth",
+    "OpReqChallenge",
     "OpReqDevlist",
     "OpReqImport",
     "RetSubmit",

@@ -15,8 +15,12 @@ from usbwire.protocol.pdu import (
     CmdSubmit,
     CmdUnlink,
     Event,
+    OpRepAuth,
+    OpRepChallenge,
     OpRepDevlist,
     OpRepImport,
+    OpReqAuth,
+    OpReqChallenge,
     OpReqDevlist,
     OpReqImport,
     RetSubmit,
@@ -34,11 +38,18 @@ class State(enum.Enum):
     DEVLIST_REPLY = "waiting for OP_REP_DEVLIST"
     IMPORT_REPLY = "waiting for OP_REP_IMPORT"
     URB = "exchanging URBs"
+    CHALLENGE_REPLY = "waiting for the authentication challenge"
+    AUTH_REQUEST = "waiting for the authentication proof"
+    AUTH_REPLY = "waiting for the authentication verdict"
     DONE = "done"
 
 
 SENDER: dict[type[Event], Role] = {
     OpReqDevlist: Role.CLIENT,
+    OpReqChallenge: Role.CLIENT,
+    OpReqAuth: Role.CLIENT,
+    OpRepChallenge: Role.SERVER,
+    OpRepAuth: Role.SERVER,
     OpReqImport: Role.CLIENT,
     CmdSubmit: Role.CLIENT,
     CmdUnlink: Role.CLIENT,
@@ -52,6 +63,10 @@ SENDER: dict[type[Event], Role] = {
 TRANSITIONS: dict[tuple[State, type[Event]], State] = {
     (State.OP_REQUEST, OpReqDevlist): State.DEVLIST_REPLY,
     (State.OP_REQUEST, OpReqImport): State.IMPORT_REPLY,
+    (State.OP_REQUEST, OpReqChallenge): State.CHALLENGE_REPLY,
+    (State.CHALLENGE_REPLY, OpRepChallenge): State.AUTH_REQUEST,
+    (State.AUTH_REQUEST, OpReqAuth): State.AUTH_REPLY,
+    (State.AUTH_REPLY, OpRepAuth): State.OP_REQUEST,
     (State.DEVLIST_REPLY, OpRepDevlist): State.DONE,
     (State.IMPORT_REPLY, OpRepImport): State.URB,
     (State.URB, CmdSubmit): State.URB,
@@ -71,7 +86,7 @@ def next_state(state: State, event: Event) -> State:
             field="state",
             value=state.name,
         ) from None
-    if isinstance(event, OpRepImport) and event.status != OpStatus.OK:
-        # A refused import ends the connection, as usbipd does.
+    if isinstance(event, OpRepImport | OpRepAuth) and event.status != OpStatus.OK:
+        # A refused import (as usbipd does) or a failed authentication ends the connection.
         return State.DONE
     return after

@@ -13,6 +13,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, cast
 
+from usbwire import auth
 from usbwire.backends.base import KernelExport
 from usbwire.errors import RemoteProtocolError
 from usbwire.protocol.connection import ServerConnection
@@ -22,12 +23,17 @@ from usbwire.protocol.pdu import (
     CmdSubmit,
     CmdUnlink,
     ConnectionClosed,
+    OpRepAuth,
+    OpRepChallenge,
     OpRepDevlist,
     OpRepImport,
+    OpReqAuth,
+    OpReqChallenge,
     OpReqDevlist,
     OpReqImport,
 )
 from usbwire.protocol.state import State
+from usbwire.server.access import Client
 from usbwire.server.dispatch import Dispatcher
 
 if TYPE_CHECKING:
@@ -57,6 +63,8 @@ class UsbipProtocol(asyncio.Protocol):
         self._writing_paused = False
         self._closing = False
         self._liveness: asyncio.TimerHandle | None = None
+        self.client = Client("?")
+        self._challenge = b""
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -69,8 +77,12 @@ class UsbipProtocol(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = _format_peer(peer)
-        self.server.connection_opened(self)
-        log.debug("%s connected", self.peer)
+        address = peer[0] if isinstance(peer, tuple) else "local"
+        self.client = Client(address, _certificate_names(transport.get_extra_info("peercert")))
+        if not self.server.connection_opened(self):
+            self._abort(f"more than {self.server.limits.max_connections_per_client} connections from {address}")
+            return
+        log.debug("%s connected", self.client.describe())
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -122,19 +134,42 @@ class UsbipProtocol(asyncio.Protocol):
                 self._devlist()
             elif isinstance(event, OpReqImport):
                 self._import(event.busid)
+            elif isinstance(event, OpReqChallenge):
+                self._challenge = auth.nonce()
+                self.send(self.conn.send(OpRepChallenge(nonce=self._challenge)))
+            elif isinstance(event, OpReqAuth):
+                self._authenticate(event)
             elif isinstance(event, ConnectionClosed):
                 self._close("client closed the connection" if self.busid else None)
                 return
         self._flush()
         self._update_reading()
 
+    def _authenticate(self, request: OpReqAuth) -> None:
+        name = auth.verify(self.server.policy.tokens, self._challenge, request.nonce, request.proof)
+        if name is None:
+            log.warning("%s: authentication failed (no token matches the proof); closing", self.peer)
+            self.send(self.conn.send(OpRepAuth(status=OpStatus.NA)))
+            self._close(None)
+            return
+        self.client = self.client.with_token(name)
+        log.info("%s authenticated with token %s", self.peer, name)
+        self.send(self.conn.send(OpRepAuth(status=OpStatus.OK)))
+
     def _devlist(self) -> None:
-        devices = self.server.registry.available()
+        policy = self.server.policy
+        devices = [d for d in self.server.registry.available() if policy.allows(d, self.client)]
         self.send(self.conn.send(OpRepDevlist(devices=tuple(devices))))
         log.info("%s listed %d device(s)", self.peer, len(devices))
         self._close(None)
 
     def _import(self, busid: str) -> None:
+        device = self.server.registry.get(busid)
+        if device is not None and not self.server.policy.allows(device.info, self.client):
+            log.warning("%s import of %s denied (%s)", self.peer, busid, self.client.describe())
+            self.send(self.conn.send(OpRepImport(status=OpStatus.NA)))
+            self._close(None)
+            return
         claimed = self.server.registry.claim(busid, self)
         if isinstance(claimed, OpStatus):
             log.info("%s import of %r refused: %s", self.peer, busid, claimed.text)
@@ -310,3 +345,15 @@ def _format_peer(peer: object) -> str:
         host, port = peer[0], peer[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(peer or "local")
+
+
+def _certificate_names(certificate: object) -> frozenset[str]:
+    """Common names in a verified client certificate's subject (empty without mTLS)."""
+    if not isinstance(certificate, dict):
+        return frozenset()
+    names = set()
+    for entry in certificate.get("subject", ()):
+        for key, value in entry:
+            if key == "commonName":
+                names.add(str(value))
+    return frozenset(names)

@@ -12,6 +12,7 @@ from typing import Any
 
 from usbwire.protocol.connection import DEFAULT_MAX_TRANSFER
 from usbwire.protocol.constants import DEFAULT_PORT
+from usbwire.server.access import AccessPolicy
 from usbwire.server.connection import UsbipProtocol
 from usbwire.server.registry import Registry
 
@@ -25,6 +26,8 @@ class Limits:
     # URBs accepted but not yet answered, per connection; past it the server stops reading.
     max_in_flight: int = 256
     max_transfer: int = DEFAULT_MAX_TRANSFER
+    # Connections open at once from one address; more are closed as they arrive.
+    max_connections_per_client: int = 64
 
 
 @dataclass(slots=True)
@@ -41,6 +44,7 @@ class Server:
     registry: Registry = field(default_factory=Registry)
     limits: Limits = field(default_factory=Limits)
     stats: Stats = field(default_factory=Stats)
+    policy: AccessPolicy = field(default_factory=AccessPolicy)
 
     def __post_init__(self) -> None:
         self._servers: list[asyncio.base_events.Server] = []
@@ -98,9 +102,14 @@ class Server:
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    def connection_opened(self, connection: UsbipProtocol) -> None:
+    def connection_opened(self, connection: UsbipProtocol) -> bool:
+        """Count the connection in; False if its address already has too many open."""
         self.stats.connections += 1
+        same = sum(1 for c in self._connections if c.client.address == connection.client.address)
+        if same >= self.limits.max_connections_per_client:
+            return False
         self._connections.add(connection)
+        return True
 
     def connection_closed(self, connection: UsbipProtocol) -> None:
         self._connections.discard(connection)

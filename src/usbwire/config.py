@@ -1,0 +1,77 @@
+"""``usbwire serve --config FILE``: the server's settings as TOML, security included.
+
+[server]
+hosts = ["0.0.0.0"]          # default: every address
+port = 3240
+export = ["046d:c52b"]       # real devices to share; none: the demo devices
+backend = "libusb"           # or "usbip-host"
+demo = false
+tls_cert = "/etc/usbwire/server.pem"
+tls_key = "/etc/usbwire/server.key"
+client_ca = "/etc/usbwire/ca.pem"   # require client certificates (mTLS)
+user = "usbwire"             # drop root after binding (emulated devices only need none)
+max_in_flight = 256          # URBs per connection before the server stops reading
+max_transfer = 16777216      # bytes per URB
+max_connections_per_client = 16
+allow = ["any"]              # who may use devices no [[device]] rule names
+
+[tokens]                     # name = secret; clients prove them with `--token-file`
+laptop = "a long random string"
+
+[[device]]
+match = "1-1"                # busid or VID:PID
+allow = ["cidr:192.168.1.0/24", "cert:ci-runner", "token:laptop"]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from usbwire.errors import UsbwireError
+from usbwire.server.access import AccessPolicy
+from usbwire.server.server import Limits
+
+_SERVER_KEYS = {
+    "hosts", "port", "export", "backend", "demo", "tls_cert", "tls_key", "client_ca", "user", "max_in_flight",
+    "max_transfer", "max_connections_per_client", "allow", "control",
+}  # fmt: skip
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """The settings of ``path`` as ServeOptions keyword arguments (unknown keys are errors)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsbwireError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsbwireError(f"{path}: {error}") from None
+    unknown = set(data) - {"server", "tokens", "device"}
+    server = data.get("server", {})
+    unknown |= {f"server.{key}" for key in set(server) - _SERVER_KEYS}
+    if unknown:
+        raise UsbwireError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
+    tokens = {str(name): str(secret) for name, secret in data.get("tokens", {}).items()}
+    if any(len(secret) < 16 for secret in tokens.values()):
+        raise UsbwireError(f"{path}: tokens must be at least 16 characters")
+    rules = [(str(rule["match"]), [str(p) for p in rule.get("allow", [])]) for rule in data.get("device", [])]
+    defaults = Limits()
+    options: dict[str, Any] = {
+        "policy": AccessPolicy.build(rules, server.get("allow", ["any"]), tokens),
+        "limits": Limits(
+            max_in_flight=int(server.get("max_in_flight", Limits.max_in_flight)),
+            max_transfer=int(server.get("max_transfer", Limits.max_transfer)),
+            max_connections_per_client=int(server.get("max_connections_per_client", Limits.max_connections_per_client)),
+        ),
+    }
+    for key in ("port", "backend", "demo", "tls_cert", "tls_key", "client_ca", "user"):
+        if key in server:
+            options[key] = server[key]
+    if "hosts" in server:
+        options["hosts"] = tuple(server["hosts"])
+    if "export" in server:
+        options["exports"] = tuple(server["export"])
+    if "control" in server:
+        options["control_path"] = server["control"] or None
+    return options
