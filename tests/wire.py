@@ -30,8 +30,9 @@ from usbwire.protocol import (
 TIMEOUT = 10.0
 
 
-def connect(port: int, host: str = "127.0.0.1") -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+def connect(port: int, host: str = "127.0.0.1", source: str | None = None) -> socket.socket:
+    """A TCP connection to the server, from the loopback address ``source`` if given."""
+    sock = socket.create_connection((host, port), timeout=TIMEOUT, source_address=(source, 0) if source else None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -63,9 +64,10 @@ class WireClient:
     conn: ClientConnection = field(default_factory=ClientConnection)
     device: DeviceInfo | None = None
     next_seqnum: int = 1
+    source: str | None = None
 
     def __post_init__(self) -> None:
-        self.sock = connect(self.port, self.host)
+        self.sock = connect(self.port, self.host, self.source)
 
     def close(self) -> None:
         self.sock.close()

@@ -60,9 +60,11 @@ def load(path: str | Path) -> dict[str, Any]:
     options: dict[str, Any] = {
         "policy": AccessPolicy.build(rules, server.get("allow", ["any"]), tokens),
         "limits": Limits(
-            max_in_flight=int(server.get("max_in_flight", Limits.max_in_flight)),
-            max_transfer=int(server.get("max_transfer", Limits.max_transfer)),
-            max_connections_per_client=int(server.get("max_connections_per_client", Limits.max_connections_per_client)),
+            max_in_flight=int(server.get("max_in_flight", defaults.max_in_flight)),
+            max_transfer=int(server.get("max_transfer", defaults.max_transfer)),
+            max_connections_per_client=int(
+                server.get("max_connections_per_client", defaults.max_connections_per_client)
+            ),
         ),
     }
     for key in ("port", "backend", "demo", "tls_cert", "tls_key", "client_ca", "user"):
