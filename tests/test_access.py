@@ -134,3 +134,16 @@ def test_config_file_sets_tokens_rules_and_limits(tmp_path: Path) -> None:
     (config.parent / "bad.toml").write_text("[server]\nprot = 1\n")
     with pytest.raises(Exception, match=r"unknown settings server\.prot"):
         load_config(config.parent / "bad.toml")
+
+
+def test_a_client_that_never_asks_anything_is_dropped() -> None:
+    for running in policy_server(AccessPolicy(), Limits(request_timeout=0.3)):
+        with socket.create_connection(("127.0.0.1", running.port), timeout=5) as idle:
+            idle.sendall(b"\x01\x11")  # half an OP header, then nothing
+            assert read_until_closed(idle) == b""
+        # An imported device with no traffic is not timed out.
+        with WireClient(running.port) as client:
+            assert client.import_("1-1").status == OpStatus.OK
+            threading.Event().wait(0.6)
+            client.control_out(0x00, 9, 1, 0)
+            assert client.read_event() is not None

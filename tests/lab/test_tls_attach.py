@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import socket
 import threading
 from pathlib import Path
 
@@ -22,6 +24,48 @@ from .session import Lab
 pytestmark = pytest.mark.lab
 
 SECTORS = 64
+
+
+class Tap:
+    """A TCP relay on 127.0.0.1 that forwards to ``target`` and keeps every byte it carries."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._chunks: list[bytes] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                with self._lock:
+                    self._chunks.append(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def recorded(self) -> bytes:
+        with self._lock:
+            return b"".join(self._chunks)
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 def test_attach_over_mutual_tls_reads_the_disk(lab: Lab, tmp_path: Path) -> None:
@@ -46,6 +90,8 @@ def test_attach_over_mutual_tls_reads_the_disk(lab: Lab, tmp_path: Path) -> None
 
     asyncio.run_coroutine_threadsafe(begin(), loop).result(10)
     running = RunningServer(server, loop)
+    # Everything between guest and server passes a recording relay: what an eavesdropper sees.
+    tap = Tap(running.port)
     try:
         with lab.vm() as vm:
             # The guest sees the CA and its client certificate through the scratch share.
@@ -55,10 +101,10 @@ def test_attach_over_mutual_tls_reads_the_disk(lab: Lab, tmp_path: Path) -> None
             tls = f"--tls --ca {share / 'ca.pem'} --cert {share / 'client.pem'} --key {share / 'client.pem'}"
             # Without a client certificate the server refuses.
             refused = vm.chroot_run(f"{vm.python} -m usbwire attach {tls.split(' --cert', maxsplit=1)[0]} -r 10.0.2.2"
-                                    f" -p {running.port} -b 5-1")  # fmt: skip
+                                    f" -p {tap.port} -b 5-1")  # fmt: skip
             assert refused.code == 1 and "client certificate" in refused.err, refused.describe()
 
-            attached = vm.chroot_run(f"{vm.python} -m usbwire attach {tls} -r 10.0.2.2 -p {running.port} -b 5-1")
+            attached = vm.chroot_run(f"{vm.python} -m usbwire attach {tls} -r 10.0.2.2 -p {tap.port} -b 5-1")
             assert attached.ok, attached.describe()
             busid = vm.wait_for_usb(VENDOR_ID, DISK_PRODUCT_ID)
             sysfs = f"/sys/bus/usb/devices/{busid}:1.0/host*/target*/*/block"
@@ -73,7 +119,13 @@ def test_attach_over_mutual_tls_reads_the_disk(lab: Lab, tmp_path: Path) -> None
             port = int(attached.out.rsplit("port ", 1)[1])
             assert vm.chroot_run(f"{vm.python} -m usbwire detach -p {port}").ok
             vm.wait_for_usb(VENDOR_ID, DISK_PRODUCT_ID, present=False)
+        wire = tap.recorded()
+        assert len(wire) > SECTORS * 512  # the disk's data did cross...
+        assert known[:64] not in wire and known[-64:] not in wire  # ...but not in clear
+        assert b"\x01\x11\x80\x03" not in wire  # nor an OP_REQ_IMPORT header
+        assert b"5-1\x00" not in wire
     finally:
+        tap.close()
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)

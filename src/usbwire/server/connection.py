@@ -65,6 +65,7 @@ class UsbipProtocol(asyncio.Protocol):
         self._liveness: asyncio.TimerHandle | None = None
         self.client = Client("?")
         self._challenge = b""
+        self._request_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -83,6 +84,9 @@ class UsbipProtocol(asyncio.Protocol):
             self._abort(f"more than {self.server.limits.max_connections_per_client} connections from {address}")
             return
         log.debug("%s connected", self.client.describe())
+        self._request_timer = asyncio.get_running_loop().call_later(
+            self.server.limits.request_timeout, self._request_timed_out
+        )
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -93,8 +97,14 @@ class UsbipProtocol(asyncio.Protocol):
         self._process()
         return False
 
+    def _request_timed_out(self) -> None:
+        if self.dispatcher is None and not self._closing and self.busid is None:
+            self._abort(f"no request within {self.server.limits.request_timeout:g} s")
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._request_timer is not None:
+            self._request_timer.cancel()
         if self._liveness is not None:
             self._liveness.cancel()
         if self.dispatcher is not None:
