@@ -417,19 +417,19 @@ def read_cmd(buf: Buffer, limits: SubmitLimits) -> Read:
     if len(buf) < total:
         return None
     try:
-        cmd = CmdSubmit(
-            seqnum=seqnum,
-            devid=devid,
-            direction=direction,
-            ep=ep,
-            transfer_flags=flags,
-            transfer_buffer_length=length,
-            start_frame=start_frame,
-            number_of_packets=npackets,
-            interval=interval,
-            setup=setup,
-            data=bytes(buf[URB_HEADER_SIZE:end]) if data_size else b"",
-            iso_packets=_read_iso(buf, end, npackets) if iso else (),
+        cmd = CmdSubmit.decoded(
+            seqnum,
+            devid,
+            direction,
+            ep,
+            flags,
+            length,
+            start_frame,
+            npackets,
+            interval,
+            setup,
+            bytes(buf[URB_HEADER_SIZE:end]) if data_size else b"",
+            _read_iso(buf, end, npackets) if iso else (),
         )
     except LocalProtocolError as error:
         raise _remote(error) from None

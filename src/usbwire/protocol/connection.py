@@ -281,6 +281,13 @@ def _check_answer(ret: RetSubmit, request: Outstanding) -> None:
             field="data",
             value=len(ret.data),
         )
+    if ret.iso_packets and sum(p.actual_length for p in ret.iso_packets) != ret.actual_length:
+        raise LocalProtocolError(
+            f"iso packets sum to {sum(p.actual_length for p in ret.iso_packets)} bytes, "
+            f"actual_length={ret.actual_length}",
+            field="actual_length",
+            value=ret.actual_length,
+        )
     if request.iso and ret.number_of_packets > request.number_of_packets:
         raise LocalProtocolError(
             f"{ret.number_of_packets} iso packets, {request.number_of_packets} were submitted",

@@ -24,6 +24,7 @@ from usbwire.protocol.constants import (
     Speed,
 )
 
+_new = object.__new__
 _U8 = 0xFF
 _U16 = 0xFFFF
 _U32 = 0xFFFF_FFFF
@@ -273,6 +274,48 @@ class CmdSubmit:
                 )
         elif self.data:
             raise LocalProtocolError("an IN request carries no data", field="direction", value=int(self.direction))
+        self.check_payload()
+
+    @classmethod
+    def decoded(
+        cls,
+        seqnum: int,
+        devid: int,
+        direction: Direction,
+        ep: int,
+        transfer_flags: int,
+        transfer_buffer_length: int,
+        start_frame: int,
+        number_of_packets: int,
+        interval: int,
+        setup: bytes,
+        data: bytes,
+        iso_packets: tuple[IsoPacket, ...],
+    ) -> CmdSubmit:
+        """Build from fields a decoder read with fixed-width formats and bounded itself.
+
+        Skips the range checks those formats already guarantee (a microsecond per URB) but
+        not :meth:`check_payload`, which no wire format can.
+        """
+        cmd = _new(cls)
+        cmd.seqnum = seqnum
+        cmd.devid = devid
+        cmd.direction = direction
+        cmd.ep = ep
+        cmd.transfer_flags = transfer_flags
+        cmd.transfer_buffer_length = transfer_buffer_length
+        cmd.start_frame = start_frame
+        cmd.number_of_packets = number_of_packets
+        cmd.interval = interval
+        cmd.setup = setup
+        cmd.data = data
+        cmd.iso_packets = iso_packets
+        if iso_packets or ep == 0:
+            cmd.check_payload()
+        return cmd
+
+    def check_payload(self) -> None:
+        """Iso descriptors and the control setup packet agree with the rest of the request."""
         _check_iso(self.iso_packets, self.number_of_packets)
         for packet in self.iso_packets:
             if packet.offset + packet.length > self.transfer_buffer_length:
@@ -378,6 +421,33 @@ class RetSubmit:
                     field="actual_length",
                     value=self.actual_length,
                 )
+
+    @classmethod
+    def answer(
+        cls,
+        seqnum: int,
+        status: int,
+        actual_length: int,
+        start_frame: int,
+        number_of_packets: int,
+        error_count: int,
+        data: bytes,
+        iso_packets: tuple[IsoPacket, ...],
+    ) -> RetSubmit:
+        """Build a server's answer whose fields the server computed consistently itself.
+
+        ``ServerConnection.send`` still checks it against the request it answers.
+        """
+        ret = _new(cls)
+        ret.seqnum = seqnum
+        ret.status = status
+        ret.actual_length = actual_length
+        ret.start_frame = start_frame
+        ret.number_of_packets = number_of_packets
+        ret.error_count = error_count
+        ret.data = data
+        ret.iso_packets = iso_packets
+        return ret
 
 
 @dataclass(slots=True, kw_only=True)

@@ -165,6 +165,16 @@ class Dispatcher:
         )
         return self.device.submit(urb)
 
+    @staticmethod
+    def _iso_answer(cmd: CmdSubmit, result: UrbResult, status: int) -> tuple[bytes, int, tuple[IsoPacket, ...]]:
+        if not result.iso_packets:
+            # A failed iso URB still reports every packet, each with the URB's status.
+            failed = status or -Errno.EXDEV
+            return b"", 0, tuple(IsoPacket(p.offset, p.length, 0, failed) for p in cmd.iso_packets)
+        actual = sum(p.actual_length for p in result.iso_packets)
+        data = result.data if cmd.direction == Direction.IN else b""
+        return data, actual, result.iso_packets
+
     def _failed(self, cmd: CmdSubmit, error: BaseException) -> UrbResult:
         log.error("device %s failed URB %d: %r", self.device.info.busid, cmd.seqnum, error)
         return UrbResult(status=-Errno.EPROTO)
@@ -196,35 +206,22 @@ class Dispatcher:
     def _reply(self, cmd: CmdSubmit, result: UrbResult) -> None:
         del self._endpoint_of[cmd.seqnum]
         self.urbs += 1
-        data = result.data if cmd.direction == Direction.IN else b""
-        if result.iso_packets:
-            actual = sum(p.actual_length for p in result.iso_packets)
-        elif cmd.direction == Direction.IN:
-            actual = len(data)
+        status = result.status if result.status <= 0 else -Errno.EPROTO
+        if cmd.iso_packets:
+            data, actual, iso_packets = self._iso_answer(cmd, result, status)
+            start_frame, packets = result.start_frame, len(iso_packets)
         else:
-            actual = result.actual_length if result.actual_length is not None else 0
-        iso_packets = result.iso_packets
-        if cmd.iso_packets and not iso_packets:
-            # A failed iso URB still reports every packet, each with the URB's status.
-            failed = result.status or -Errno.EXDEV
-            iso_packets = tuple(IsoPacket(p.offset, p.length, 0, failed) for p in cmd.iso_packets)
-        if len(data) > cmd.transfer_buffer_length:
-            # A device answering more than was asked is babble.
-            data, actual, status = b"", 0, -Errno.EOVERFLOW
-        else:
-            status = result.status
-        self.send(
-            self.connection.send(
-                RetSubmit(
-                    seqnum=cmd.seqnum,
-                    status=status,
-                    actual_length=actual,
-                    start_frame=result.start_frame if cmd.iso_packets else cmd.start_frame,
-                    number_of_packets=len(iso_packets) if cmd.iso_packets else cmd.number_of_packets,
-                    error_count=result.error_count,
-                    data=data,
-                    iso_packets=iso_packets,
-                )
-            )
-        )
+            if cmd.direction == Direction.IN:
+                data = result.data
+                actual = len(data)
+                if actual > cmd.transfer_buffer_length:
+                    # A device answering more than was asked is babble.
+                    data, actual, status = b"", 0, -Errno.EOVERFLOW
+            else:
+                data = b""
+                actual = result.actual_length if result.actual_length is not None else 0
+            iso_packets = ()
+            start_frame, packets = cmd.start_frame, cmd.number_of_packets
+        ret = RetSubmit.answer(cmd.seqnum, status, actual, start_frame, packets, result.error_count, data, iso_packets)
+        self.send(self.connection.send(ret))
         self.on_idle()
