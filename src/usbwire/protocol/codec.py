@@ -12,7 +12,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from usbwire.errors import LocalProtocolError, RemoteProtocolError
 from usbwire.protocol.constants import (
@@ -445,16 +444,7 @@ def _check_devid(devid: int, expected: int) -> None:
         )
 
 
-class Outstanding(NamedTuple):
-    """What a client must remember of a CMD_SUBMIT to parse its RET_SUBMIT."""
-
-    direction: Direction
-    transfer_buffer_length: int
-    number_of_packets: int
-    iso: bool
-
-
-def read_ret(buf: Buffer, outstanding: Callable[[int], Outstanding | None]) -> Read:
+def read_ret(buf: Buffer, outstanding: Callable[[int], CmdSubmit | None]) -> Read:
     """A client's read in the URB phase: RET_SUBMIT or RET_UNLINK."""
     if len(buf) < URB_HEADER_SIZE:
         return None
@@ -475,7 +465,7 @@ def read_ret(buf: Buffer, outstanding: Callable[[int], Outstanding | None]) -> R
             field="actual_length",
             value=actual,
         )
-    if request.iso and not 0 <= npackets <= request.number_of_packets:
+    if request.is_iso and not 0 <= npackets <= request.number_of_packets:
         raise RemoteProtocolError(
             f"number_of_packets={npackets}, {request.number_of_packets} were submitted",
             field="number_of_packets",
@@ -483,7 +473,7 @@ def read_ret(buf: Buffer, outstanding: Callable[[int], Outstanding | None]) -> R
         )
     data_size = actual if request.direction == Direction.IN else 0
     end = URB_HEADER_SIZE + data_size
-    total = end + (npackets * ISO_DESCRIPTOR_SIZE if request.iso else 0)
+    total = end + (npackets * ISO_DESCRIPTOR_SIZE if request.is_iso else 0)
     if len(buf) < total:
         return None
     try:
@@ -495,7 +485,7 @@ def read_ret(buf: Buffer, outstanding: Callable[[int], Outstanding | None]) -> R
             number_of_packets=npackets,
             error_count=errors,
             data=bytes(buf[URB_HEADER_SIZE:end]) if data_size else b"",
-            iso_packets=_read_iso(buf, end, npackets) if request.iso else (),
+            iso_packets=_read_iso(buf, end, npackets) if request.is_iso else (),
         )
     except LocalProtocolError as error:
         raise _remote(error) from None

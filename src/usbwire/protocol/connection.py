@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from usbwire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from usbwire.protocol import codec
-from usbwire.protocol.codec import Outstanding, SubmitLimits
+from usbwire.protocol.codec import SubmitLimits
 from usbwire.protocol.constants import Direction, Errno
 from usbwire.protocol.pdu import (
     NEED_DATA,
@@ -177,7 +177,7 @@ class ServerConnection(Connection):
         self._is_iso = is_iso
         self.devid: int | None = None
         self._read_cmd: Callable[[memoryview], codec.Read] | None = None
-        self._outstanding: dict[int, Outstanding] = {}
+        self._outstanding: dict[int, CmdSubmit] = {}
         self._unlinks: dict[int, int] = {}
 
     @property
@@ -210,23 +210,19 @@ class ServerConnection(Connection):
         return None
 
     def _received(self, event: Event) -> None:
-        if isinstance(event, CmdSubmit):
+        if type(event) is CmdSubmit:  # the common case first: this runs for every URB
             if event.seqnum in self._outstanding:
                 raise RemoteProtocolError(
                     f"seqnum {event.seqnum} is already in flight",
                     field="seqnum",
                     value=event.seqnum,
                 )
-            self._outstanding[event.seqnum] = Outstanding(
-                event.direction, event.transfer_buffer_length, event.number_of_packets, event.is_iso
-            )
+            self._outstanding[event.seqnum] = event
         elif isinstance(event, CmdUnlink):
             self._unlinks[event.seqnum] = event.unlink_seqnum
 
     def _sending(self, event: Event) -> None:
-        if isinstance(event, OpRepImport) and event.device is not None:
-            self.devid = event.device.devid
-        elif isinstance(event, RetSubmit):
+        if type(event) is RetSubmit:  # the common case first: this runs for every URB
             request = self._outstanding.get(event.seqnum)
             if request is None:
                 raise LocalProtocolError(
@@ -260,13 +256,15 @@ class ServerConnection(Connection):
                 )
             del self._unlinks[event.seqnum]
             self._outstanding.pop(target, None)
+        elif isinstance(event, OpRepImport) and event.device is not None:
+            self.devid = event.device.devid
 
     def cancelled(self, unlink_seqnum: int) -> RetUnlink:
         """The RET_UNLINK for a CMD_UNLINK whose target was cancelled before completing."""
         return RetUnlink(seqnum=unlink_seqnum, status=-Errno.ECONNRESET)
 
 
-def _check_answer(ret: RetSubmit, request: Outstanding) -> None:
+def _check_answer(ret: RetSubmit, request: CmdSubmit) -> None:
     if ret.actual_length > request.transfer_buffer_length:
         raise LocalProtocolError(
             f"actual_length={ret.actual_length} exceeds the {request.transfer_buffer_length}-byte buffer",
@@ -288,13 +286,13 @@ def _check_answer(ret: RetSubmit, request: Outstanding) -> None:
             field="actual_length",
             value=ret.actual_length,
         )
-    if request.iso and ret.number_of_packets > request.number_of_packets:
+    if request.is_iso and ret.number_of_packets > request.number_of_packets:
         raise LocalProtocolError(
             f"{ret.number_of_packets} iso packets, {request.number_of_packets} were submitted",
             field="number_of_packets",
             value=ret.number_of_packets,
         )
-    if request.iso != bool(ret.iso_packets):
+    if request.is_iso != bool(ret.iso_packets):
         raise LocalProtocolError(
             "iso descriptors go exactly with iso requests",
             field="iso_packets",
@@ -316,7 +314,7 @@ class ClientConnection(Connection):
 
     def __init__(self) -> None:
         super().__init__()
-        self._outstanding: dict[int, Outstanding] = {}
+        self._outstanding: dict[int, CmdSubmit] = {}
         self._unlinks: dict[int, int] = {}
 
     @property
@@ -349,11 +347,6 @@ class ClientConnection(Connection):
         if isinstance(event, CmdSubmit):
             if event.seqnum in self._outstanding or event.seqnum in self._unlinks:
                 raise LocalProtocolError(f"seqnum {event.seqnum} is already in use", field="seqnum", value=event.seqnum)
-            self._outstanding[event.seqnum] = Outstanding(
-                event.direction,
-                event.transfer_buffer_length,
-                event.number_of_packets,
-                event.is_iso,
-            )
+            self._outstanding[event.seqnum] = event
         elif isinstance(event, CmdUnlink):
             self._unlinks[event.seqnum] = event.unlink_seqnum

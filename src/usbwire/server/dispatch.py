@@ -152,16 +152,16 @@ class Dispatcher:
             # The server's USB core refuses such URBs with -EINVAL.
             log.debug("URB %d with interval %d", cmd.seqnum, cmd.interval)
         urb = Urb(
-            ep=cmd.ep,
-            direction=cmd.direction,
-            transfer_type=transfer,
-            length=cmd.transfer_buffer_length,
-            data=cmd.data,
-            setup=cmd.setup,
-            flags=cmd.transfer_flags,
-            interval=cmd.interval,
-            start_frame=cmd.start_frame,
-            iso_packets=cmd.iso_packets,
+            cmd.ep,
+            cmd.direction,
+            transfer,
+            cmd.transfer_buffer_length,
+            cmd.data,
+            cmd.setup,
+            cmd.transfer_flags,
+            cmd.interval,
+            cmd.start_frame,
+            cmd.iso_packets,
         )
         return self.device.submit(urb)
 
