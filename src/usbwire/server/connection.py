@@ -127,13 +127,18 @@ class UsbipProtocol(asyncio.Protocol):
 
     def _process(self) -> None:
         conn = self.conn
+        # Replies produced while processing leave in the one write at the end, without a
+        # scheduled flush per batch.
+        self._flush_scheduled = True
         while not self._closing:
             try:
                 event = conn.next_event()
-                if isinstance(event, CmdSubmit):
+                if type(event) is CmdSubmit:
                     self.dispatcher.submit(event)  # type: ignore[union-attr]
-                elif isinstance(event, CmdUnlink):
+                    continue
+                if type(event) is CmdUnlink:
                     self.dispatcher.unlink(event)  # type: ignore[union-attr]
+                    continue
             except RemoteProtocolError as error:
                 self.server.stats.protocol_errors += 1
                 self._abort(f"protocol error: {error}")

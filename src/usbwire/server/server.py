@@ -27,7 +27,7 @@ class Limits:
     max_in_flight: int = 256
     max_transfer: int = DEFAULT_MAX_TRANSFER
     # Connections open at once from one address; more are closed as they arrive.
-    max_connections_per_client: int = 64
+    max_connections_per_client: int = 256
     # Seconds a client gets to finish its OP request (DEVLIST/IMPORT): idle sockets that
     # never ask for anything are closed. An imported device is never timed out: USB/IP has
     # no keepalive and an unused disk sends no URBs for hours.
