@@ -6,6 +6,7 @@ from usbwire.backends.usbip_host import BindError, bind, local_devices, unbind
 from usbwire.certs import client as certs_client
 from usbwire.certs import init as certs_init
 from usbwire.client import ServerUnreachable, SyncDevice, connect, import_device, list_devices
+from usbwire.client.persist import Persistent, persistent_states
 from usbwire.client.vhci import Vhci, VhciError
 from usbwire.client.vhci import attach as vhci_attach
 from usbwire.config import load as load_config
@@ -46,6 +47,7 @@ __all__ = [
     "Limits",
     "LocalProtocolError",
     "OpStatus",
+    "Persistent",
     "ProtocolError",
     "Registry",
     "RemoteProtocolError",
@@ -72,6 +74,7 @@ __all__ = [
     "load_config",
     "load_usb_ids",
     "local_devices",
+    "persistent_states",
     "run",
     "serve",
     "server_tls_context",

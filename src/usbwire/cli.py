@@ -144,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     attach.add_argument(
         "-p", "--tcp-port", type=int, default=DEFAULT_PORT, help=f"server's TCP port (default {DEFAULT_PORT})"
     )
+    attach.add_argument(
+        "--persist",
+        action="store_true",
+        help="stay in the foreground and attach again whenever the import ends (Ctrl-C detaches)",
+    )
     _tls_arguments(attach)
     attach.set_defaults(run=_attach)
 
@@ -368,8 +373,25 @@ def _mouse(args: argparse.Namespace) -> int:
 
 
 def _attach(args: argparse.Namespace) -> int:
+    if args.persist:
+        return _attach_persistent(args)
     port = usbwire.vhci_attach(args.remote, args.busid, args.tcp_port, tls=_client_tls(args), token=_token(args))
     print(f"attached {args.remote}:{args.tcp_port}/{args.busid} on port {port}")
+    return 0
+
+
+def _attach_persistent(args: argparse.Namespace) -> int:
+    import signal
+
+    def report(line: str) -> None:
+        print(f"{args.remote}:{args.tcp_port}/{args.busid}: {line}", flush=True)
+
+    keeper = usbwire.Persistent(
+        args.remote, args.busid, args.tcp_port, tls=_client_tls(args), token=_token(args), report=report
+    )
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: keeper.stop.set())
+    keeper.run()
     return 0
 
 
@@ -401,6 +423,7 @@ def _port(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     ids = usbwire.load_usb_ids()
+    persistent = usbwire.persistent_states(vhci)
     print("Imported USB devices")
     print("====================")
     for item in imported:
@@ -415,6 +438,13 @@ def _port(args: argparse.Namespace) -> int:
         else:
             print(f"{port.local_busid:>10} -> unknown host, remote port and remote busid")
         print(f"{'':>10} -> remote bus/dev {(port.devid >> 16) & 0xFF:03d}/{port.devid & 0xFF:03d}")
+    if persistent:
+        print("Kept attached (usbwire attach --persist)")
+        print("===============================================")
+        for state in persistent:
+            where = f"usbip://{state['host']}:{state['tcp_port']}/{state['busid']}"
+            detail = f" ({state['detail']})" if state.get("detail") else ""
+            print(f"  {where}: {state['state']}{detail}")
     return 0
 
 
