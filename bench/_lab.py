@@ -42,7 +42,7 @@ def _dd_rate(output: str) -> float:
 
 @section("kernel-lab", "Kernel lab: guest dd through vhci (64 MiB, O_DIRECT, TCG VM)", quick=False, order=40)
 def kernel_lab(ctx: Context) -> SectionResult:
-    from tests.lab.scenarios import USBIP_PORT, bind_to_usbip_host, start_usbipd
+    from tests.lab.scenarios import USBIP_PORT, bind_to_usbip_host, block_device, start_usbipd
     from tests.lab.session import Lab
     from tests.lab.usbdevices import QEMU_STORAGE_ID, storage
 
@@ -68,7 +68,7 @@ def kernel_lab(ctx: Context) -> SectionResult:
 
             def measure(server: str, attach: Callable[[], str]) -> None:
                 local = attach()
-                dev = _block(vm, local)
+                dev = block_device(vm, local)
                 # coreutils dd from the host's root (busybox's prints no rate)
                 w = vm.chroot_run(f"dd if=/dev/zero of={dev} bs=1M count={SIZE_MB} oflag=direct 2>&1", 600)
                 r = vm.chroot_run(f"dd if={dev} of=/dev/null bs=1M count={SIZE_MB} iflag=direct 2>&1", 600)
@@ -125,20 +125,6 @@ def _attach(vm: object, host: str, port: int, busid: str) -> str:
     if match is None:
         raise RuntimeError(f"attached device not in usbip port:\n{listing.describe()}")
     return match[1]
-
-
-def _block(vm: object, local: str) -> str:
-    from tests.lab.vm import VM
-
-    assert isinstance(vm, VM)
-    sysfs = f"/sys/bus/usb/devices/{local}:1.0/host*/target*/*/block"
-    found = vm.run(
-        f"for i in $(seq 200); do b=$(ls {sysfs} 2>/dev/null)"
-        ' && [ -n "$b" ] && [ -e /dev/$b ] && echo $b && exit 0; sleep 0.1; done; exit 1',
-        60,
-        check=True,
-    )
-    return "/dev/" + found.out.split()[0]
 
 
 def _detach_all(vm: object) -> None:

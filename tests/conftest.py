@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any, TypeVar
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from usbwire import Limits, Server
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.demo import demo_exports
+from usbwire.server.access import AccessPolicy
 
 T = TypeVar("T")
 
@@ -51,18 +54,24 @@ class RunningServer:
 
 
 def start_server(
-    limits: Limits | None = None, extra_exports: Sequence[EmulatedExport] = ()
+    limits: Limits | None = None,
+    extra_exports: Sequence[EmulatedExport] = (),
+    *,
+    demo: bool = True,
+    policy: AccessPolicy | None = None,
+    ssl: SSLContext | None = None,
+    port: int = 0,
 ) -> Generator[RunningServer, None, None]:
-    """Run a server on 127.0.0.1 exporting the demo devices, then ``extra_exports``."""
+    """Run a server on 127.0.0.1 (``port``, 0: any) exporting the demo devices, then ``extra_exports``."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="usbwire-server", daemon=True)
     thread.start()
-    server = Server(limits=limits or Limits())
+    server = Server(limits=limits or Limits(), policy=policy or AccessPolicy())
 
     async def begin() -> None:
-        for export in [*demo_exports(), *extra_exports]:
+        for export in [*(demo_exports() if demo else ()), *extra_exports]:
             server.registry.add(export)
-        await server.start("127.0.0.1", 0)
+        await server.start("127.0.0.1", port, ssl=ssl)
 
     asyncio.run_coroutine_threadsafe(begin(), loop).result(timeout=10)
     try:
@@ -72,6 +81,10 @@ def start_server(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+running_server = contextlib.contextmanager(start_server)
+"""``with running_server(...) as running:``: start_server as a context manager."""
 
 
 @pytest.fixture

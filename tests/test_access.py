@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server
 from tests.wire import WireClient, read_until_closed
-from usbwire import AuthenticationFailed, DeviceInfo, Limits, Server, list_devices, load_config
+from usbwire import AuthenticationFailed, DeviceInfo, Limits, list_devices, load_config
 from usbwire.client import connect
-from usbwire.demo import demo_exports
 from usbwire.protocol import OpStatus
 from usbwire.server.access import AccessPolicy
 
@@ -22,24 +21,7 @@ TOKEN = "correct horse battery staple"
 
 
 def policy_server(policy: AccessPolicy, limits: Limits | None = None) -> Iterator[RunningServer]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = Server(policy=policy, limits=limits or Limits())
-
-    async def begin() -> None:
-        for export in demo_exports():
-            server.registry.add(export)
-        await server.start("127.0.0.1", 0)
-
-    asyncio.run_coroutine_threadsafe(begin(), loop).result(10)
-    try:
-        yield RunningServer(server, loop)
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    yield from start_server(limits, policy=policy)
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.conftest import RunningServer
-from usbwire import Server, ServerUnreachable, client_tls_context, connect, list_devices, server_tls_context
-from usbwire.demo import demo_exports
+from tests.conftest import RunningServer, start_server
+from usbwire import ServerUnreachable, client_tls_context, connect, list_devices, server_tls_context
 
 
 @pytest.fixture(scope="module")
@@ -24,26 +23,7 @@ def ca() -> trustme.CA:
 
 
 def tls_server(context: ssl.SSLContext) -> Iterator[RunningServer]:
-    import threading
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = Server()
-
-    async def begin() -> None:
-        for export in demo_exports():
-            server.registry.add(export)
-        await server.start("127.0.0.1", 0, ssl=context)
-
-    asyncio.run_coroutine_threadsafe(begin(), loop).result(10)
-    try:
-        yield RunningServer(server, loop)
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    yield from start_server(ssl=context)
 
 
 def server_context(ca: trustme.CA, tmp: Path, client_ca: trustme.CA | None = None) -> ssl.SSLContext:

@@ -200,3 +200,16 @@ def _disk_image(image: Path | None, size_mb: int) -> Iterator[Path]:
         yield Path(name)
     finally:
         os.unlink(name)
+
+
+def block_device(vm: VM, busid: str, timeout_s: float = 30.0) -> str:
+    """``/dev/sdX`` of the USB disk at guest ``busid``, once the kernel has created it."""
+    sysfs = f"/sys/bus/usb/devices/{busid}:1.0/host*/target*/*/block"
+    tries = max(1, int(timeout_s * 10))
+    found = vm.run(
+        f"for i in $(seq {tries}); do b=$(ls {sysfs} 2>/dev/null)"
+        ' && [ -n "$b" ] && [ -e /dev/$b ] && echo $b && exit 0; sleep 0.1; done; exit 1',
+        timeout_s + 10,
+        check=True,
+    )
+    return "/dev/" + found.out.split()[0]

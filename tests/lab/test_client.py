@@ -24,7 +24,7 @@ from usbwire.client.pyusb import get_backend
 from usbwire.devices.msc import PRODUCT_ID as DISK_PRODUCT_ID
 from usbwire.devices.msc import VENDOR_ID, MassStorage
 
-from .scenarios import USBIP_PORT, bind_to_usbip_host, start_usbipd
+from .scenarios import USBIP_PORT, bind_to_usbip_host, block_device, start_usbipd
 from .session import Lab
 from .usbdevices import QEMU_HID_ID, QEMU_STORAGE_ID, keyboard, storage
 from .vm import VM
@@ -121,16 +121,6 @@ def head_digest(vm: VM, dev: str) -> str:
     """sha256 of the first SECTORS sectors of a guest block device, bypassing the page cache."""
     command = f"dd if={dev} bs=512 count={SECTORS} iflag=direct 2>/dev/null | sha256sum"
     return vm.run(command, 60, check=True).out.split()[0]
-
-
-def block_device(vm: VM, busid: str) -> str:
-    found = vm.run(
-        f"for i in $(seq 100); do b=$(ls /sys/bus/usb/devices/{busid}:1.0/host*/target*/*/block 2>/dev/null)"
-        ' && [ -n "$b" ] && [ -e /dev/$b ] && echo $b && exit 0; sleep 0.1; done; exit 1',
-        30,
-        check=True,
-    )
-    return "/dev/" + found.out.split()[0]
 
 
 def test_usbwire_attach_imports_the_guests_own_kernel_export(guest_exports: GuestExports) -> None:

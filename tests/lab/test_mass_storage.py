@@ -14,7 +14,7 @@ from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.msc import PRODUCT_ID as DISK_PRODUCT_ID
 from usbwire.devices.msc import VENDOR_ID, MassStorage
 
-from .scenarios import KernelClient, kernel_client
+from .scenarios import KernelClient, block_device, kernel_client
 from .session import Lab
 
 pytestmark = pytest.mark.lab
@@ -32,19 +32,9 @@ def disk_server(tmp_path: Path) -> Iterator[tuple[RunningServer, Path]]:
         yield running, image
 
 
-def block_device(client: KernelClient, busid: str) -> str:
-    found = client.vm.run(
-        f"for i in $(seq 100); do b=$(ls /sys/bus/usb/devices/{busid}:1.0/host*/target*/*/block 2>/dev/null)"
-        ' && [ -n "$b" ] && [ -e /dev/$b ] && echo $b && exit 0; sleep 0.1; done; exit 1',
-        30,
-        check=True,
-    )
-    return "/dev/" + found.out.split()[0]
-
-
 def attach(client: KernelClient, server: RunningServer) -> str:
     busid = client.attach(server.port, DISK, wait_for=IDS)
-    return block_device(client, busid)
+    return block_device(client.vm, busid)
 
 
 def vhci_port(client: KernelClient) -> int:

@@ -18,7 +18,7 @@ from usbwire.client import connect, list_devices
 from usbwire.errors import TransferError
 from usbwire.protocol import Errno
 
-from .scenarios import USBIP_PORT
+from .scenarios import USBIP_PORT, block_device
 from .session import Lab
 from .usbdevices import QEMU_HID_ID, QEMU_STORAGE_ID, keyboard, storage
 from .vm import VM, GuestCommand
@@ -109,13 +109,7 @@ def test_storage_reads_through_the_import_from_the_host_and_the_guest_kernel(sha
     imported = vm.chroot_run("usbip port", check=True).out
     local = re.search(r"(\S+) -> usbip://127\.0\.0\.1:3240/" + re.escape(sharing.storage_busid), imported)
     assert local, imported
-    sysfs = f"/sys/bus/usb/devices/{local[1]}:1.0/host*/target*/*/block"
-    block = vm.run(
-        f"for i in $(seq 100); do b=$(ls {sysfs} 2>/dev/null)"
-        ' && [ -n "$b" ] && [ -e /dev/$b ] && echo $b && exit 0; sleep 0.1; done; exit 1',
-        30,
-        check=True,
-    ).out.split()[0]
+    block = block_device(vm, local[1]).removeprefix("/dev/")
     digest = vm.run(f"dd if=/dev/{block} bs=512 count={SECTORS} iflag=direct 2>/dev/null | sha256sum", 60, check=True)
     assert digest.out.split()[0] == hashlib.sha256(sharing.known).hexdigest()
 
@@ -136,13 +130,7 @@ def test_storage_reads_through_the_import_from_the_host_and_the_guest_kernel(sha
     imported = vm.chroot_run("usbip port", check=True).out
     local = re.search(r"(\S+) -> usbip://127\.0\.0\.1:3240/" + re.escape(sharing.storage_busid), imported)
     assert local, imported
-    sysfs = f"/sys/bus/usb/devices/{local[1]}:1.0/host*/target*/*/block"
-    block = vm.run(
-        f"for i in $(seq 100); do b=$(ls {sysfs} 2>/dev/null)"
-        ' && [ -n "$b" ] && [ -e /dev/$b ] && echo $b && exit 0; sleep 0.1; done; exit 1',
-        30,
-        check=True,
-    ).out.split()[0]
+    block = block_device(vm, local[1]).removeprefix("/dev/")
     again = vm.run(
         f"dd if=/dev/{block} bs=512 skip=1000 count={SECTORS} iflag=direct 2>/dev/null | sha256sum",
         60,

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import contextlib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
-from tests.conftest import RunningServer
-from usbwire import Server
-from usbwire.demo import demo_exports
+from tests.conftest import RunningServer, running_server
 
 from .session import Lab
 
@@ -21,26 +17,8 @@ pytestmark = pytest.mark.lab
 LOOPBACK_IDS = (0x1209, 0x0001)
 
 
-@contextmanager
-def server_on(port: int) -> Iterator[RunningServer]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = Server()
-
-    async def begin() -> None:
-        for export in demo_exports():
-            server.registry.add(export)
-        await server.start("127.0.0.1", port)
-
-    asyncio.run_coroutine_threadsafe(begin(), loop).result(10)
-    try:
-        yield RunningServer(server, loop)
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+def server_on(port: int) -> contextlib.AbstractContextManager[RunningServer]:
+    return running_server(port=port)
 
 
 def cut_import(running: RunningServer) -> None:

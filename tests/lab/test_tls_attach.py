@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -13,12 +12,13 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.conftest import RunningServer
-from usbwire import Server, server_tls_context
+from tests.conftest import start_server
+from usbwire import server_tls_context
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.msc import PRODUCT_ID as DISK_PRODUCT_ID
 from usbwire.devices.msc import VENDOR_ID, MassStorage
 
+from .scenarios import block_device
 from .session import Lab
 
 pytestmark = pytest.mark.lab
@@ -79,17 +79,9 @@ def test_attach_over_mutual_tls_reads_the_disk(lab: Lab, tmp_path: Path) -> None
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     context = server_tls_context(tmp_path / "server.pem", tmp_path / "server.pem", tmp_path / "ca.pem")
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = Server()
-
-    async def begin() -> None:
-        server.registry.add(EmulatedExport(MassStorage(image), busid="5-1", busnum=5, devnum=2))
-        await server.start("127.0.0.1", 0, ssl=context)
-
-    asyncio.run_coroutine_threadsafe(begin(), loop).result(10)
-    running = RunningServer(server, loop)
+    export = EmulatedExport(MassStorage(image), busid="5-1", busnum=5, devnum=2)
+    servers = start_server(extra_exports=[export], demo=False, ssl=context)
+    running = next(servers)
     # Everything between guest and server passes a recording relay: what an eavesdropper sees.
     tap = Tap(running.port)
     try:
@@ -107,13 +99,7 @@ def test_attach_over_mutual_tls_reads_the_disk(lab: Lab, tmp_path: Path) -> None
             attached = vm.chroot_run(f"{vm.python} -m usbwire attach {tls} -r 10.0.2.2 -p {tap.port} -b 5-1")
             assert attached.ok, attached.describe()
             busid = vm.wait_for_usb(VENDOR_ID, DISK_PRODUCT_ID)
-            sysfs = f"/sys/bus/usb/devices/{busid}:1.0/host*/target*/*/block"
-            block = vm.run(
-                f"for i in $(seq 100); do b=$(ls {sysfs} 2>/dev/null)"
-                ' && [ -n "$b" ] && [ -e /dev/$b ] && echo $b && exit 0; sleep 0.1; done; exit 1',
-                30,
-                check=True,
-            ).out.split()[0]
+            block = block_device(vm, busid).removeprefix("/dev/")
             digest = vm.run(f"dd if=/dev/{block} bs=512 count={SECTORS} iflag=direct 2>/dev/null | sha256sum", 60)
             assert digest.out.split()[0] == hashlib.sha256(known).hexdigest()
             port = int(attached.out.rsplit("port ", 1)[1])
@@ -126,7 +112,4 @@ def test_attach_over_mutual_tls_reads_the_disk(lab: Lab, tmp_path: Path) -> None
         assert b"5-1\x00" not in wire
     finally:
         tap.close()
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+        servers.close()

@@ -16,6 +16,7 @@ from usbwire.backends.base import KernelExport
 from usbwire.errors import UsbwireError
 from usbwire.protocol.constants import Speed
 from usbwire.protocol.pdu import DeviceInfo, InterfaceInfo
+from usbwire.sysfs import write as write_attribute
 
 SYSFS = Path("/sys")
 DRIVER = "usbip-host"
@@ -133,15 +134,6 @@ def _driver_dir(sysfs: Path) -> Path:
     return sysfs / "bus/usb/drivers" / DRIVER
 
 
-def _write(path: Path, text: str) -> None:
-    # No trailing newline: usbip-host compares match_busid entries verbatim.
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
 def _explain(error: OSError, what: str) -> BindError:
     if error.errno in (errno.EACCES, errno.EPERM):
         return BindError(f"{what}: permission denied (run as root)")
@@ -163,9 +155,9 @@ def bind(busid: str, sysfs: Path = SYSFS) -> None:
     current = device.driver
     try:
         if current is not None:
-            _write(sysfs / "bus/usb/drivers" / current / "unbind", busid)
-        _write(driver_dir / "match_busid", f"add {busid}")
-        _write(driver_dir / "bind", busid)
+            write_attribute(sysfs / "bus/usb/drivers" / current / "unbind", busid)
+        write_attribute(driver_dir / "match_busid", f"add {busid}")
+        write_attribute(driver_dir / "bind", busid)
     except OSError as error:
         raise _explain(error, f"binding {busid}") from None
 
@@ -179,10 +171,10 @@ def unbind(busid: str, sysfs: Path = SYSFS) -> None:
     if device.driver != DRIVER:
         raise BindError(f"{busid} is not bound to {DRIVER}")
     try:
-        _write(driver_dir / "unbind", busid)
-        _write(driver_dir / "match_busid", f"del {busid}")
+        write_attribute(driver_dir / "unbind", busid)
+        write_attribute(driver_dir / "match_busid", f"del {busid}")
         with contextlib.suppress(OSError):
-            _write(driver_dir / "rebind", busid)
+            write_attribute(driver_dir / "rebind", busid)
     except OSError as error:
         raise _explain(error, f"unbinding {busid}") from None
 
@@ -206,4 +198,4 @@ class UsbipHostExport(KernelExport):
         return self.device.usbip_status == STATUS_AVAILABLE
 
     def hand_over(self, fd: int) -> None:
-        _write(self.device.path / "usbip_sockfd", str(fd))
+        write_attribute(self.device.path / "usbip_sockfd", str(fd))

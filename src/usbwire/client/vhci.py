@@ -38,6 +38,7 @@ from usbwire.protocol.pdu import (
     OpReqChallenge,
     OpReqImport,
 )
+from usbwire.sysfs import write as write_attribute
 from usbwire.tls import describe as describe_tls_error
 
 SYSFS = Path("/sys")
@@ -115,7 +116,7 @@ class Vhci:
         for port in candidates:
             message = f"{port.number} {sock.fileno()} {device.devid} {int(speed)}"
             try:
-                _write(self.root / "attach", message)
+                write_attribute(self.root / "attach", message)
             except OSError as error:
                 if error.errno == errno.EBUSY:
                     continue  # taken by another attach meanwhile: try the next one
@@ -143,7 +144,7 @@ class Vhci:
         if not ports[port].in_use:
             return False
         try:
-            _write(self.root / "detach", str(port))
+            write_attribute(self.root / "detach", str(port))
         except OSError as error:
             raise _sysfs_error(error, "detach") from None
         return True
@@ -183,15 +184,6 @@ def _parse_port(line: str) -> Port:
         raise VhciError(f"unexpected vhci status line {line!r}")
     hub, number, status, speed, devid, sockfd, busid = fields[:7]
     return Port(hub, int(number), int(status), int(speed), int(devid, 16), int(sockfd), busid)
-
-
-def _write(path: Path, text: str) -> None:
-    # One write() without a newline, as the kernel parses the buffer it gets.
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 def _sysfs_error(error: OSError, what: str) -> VhciError:
