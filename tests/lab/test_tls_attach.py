@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -24,6 +25,37 @@ from .session import Lab
 pytestmark = pytest.mark.lab
 
 SECTORS = 64
+
+
+class Capture:
+    """tshark on the loopback interface, for one TCP port."""
+
+    def __init__(self, path: Path, port: int) -> None:
+        self.path = path
+        self.port = port
+        self.process = subprocess.Popen(
+            ["tshark", "-q", "-i", "lo", "-f", f"tcp port {port}", "-w", str(path)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stderr is not None
+        for line in self.process.stderr:  # dumpcap says when packets start to be kept
+            if "Capturing on" in line:
+                break
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def frames(self, display_filter: str, *, as_usbip: bool = False) -> list[str]:
+        """Frame numbers matching ``display_filter`` (with the port decoded as USB/IP if asked)."""
+        decode = ["-d", f"tcp.port=={self.port},usbip"] if as_usbip else []
+        result = subprocess.run(
+            ["tshark", "-r", str(self.path), *decode, "-Y", display_filter, "-T", "fields", "-e", "frame.number"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return result.stdout.split()
 
 
 class Tap:
@@ -84,6 +116,7 @@ def test_attach_over_mutual_tls_reads_the_disk(lab: Lab, tmp_path: Path) -> None
     running = next(servers)
     # Everything between guest and server passes a recording relay: what an eavesdropper sees.
     tap = Tap(running.port)
+    capture = Capture(tmp_path / "wire.pcap", tap.port)
     try:
         with lab.vm() as vm:
             # The guest sees the CA and its client certificate through the scratch share.
@@ -105,11 +138,18 @@ def test_attach_over_mutual_tls_reads_the_disk(lab: Lab, tmp_path: Path) -> None
             port = int(attached.out.rsplit("port ", 1)[1])
             assert vm.chroot_run(f"{vm.python} -m usbwire detach -p {port}").ok
             vm.wait_for_usb(VENDOR_ID, DISK_PRODUCT_ID, present=False)
+        capture.stop()
         wire = tap.recorded()
         assert len(wire) > SECTORS * 512  # the disk's data did cross...
         assert known[:64] not in wire and known[-64:] not in wire  # ...but not in clear
         assert b"\x01\x11\x80\x03" not in wire  # nor an OP_REQ_IMPORT header
         assert b"5-1\x00" not in wire
+        # Wireshark, told this port carries USB/IP, finds no OP header and no URB of our device
+        # (its dissector labels any bytes on the port "usbip"; real PDUs carry these values).
+        assert capture.frames("tls"), "the capture holds the TLS session"
+        readable = 'usbip.version == 0x0111 || usbip.devid == 0x00050002 || usbip.busid contains "5-1"'
+        assert capture.frames(readable, as_usbip=True) == []
     finally:
+        capture.stop()
         tap.close()
         servers.close()
