@@ -66,6 +66,7 @@ class UsbipProtocol(asyncio.Protocol):
         self.client = Client("?")
         self._challenge = b""
         self._request_timer: asyncio.TimerHandle | None = None
+        self._first_of_batch = False
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -130,6 +131,7 @@ class UsbipProtocol(asyncio.Protocol):
         # Replies produced while processing leave in the one write at the end, without a
         # scheduled flush per batch.
         self._flush_scheduled = True
+        self._first_of_batch = True
         while not self._closing:
             try:
                 event = conn.next_event()
@@ -157,6 +159,7 @@ class UsbipProtocol(asyncio.Protocol):
             elif isinstance(event, ConnectionClosed):
                 self._close("client closed the connection" if self.busid else None)
                 return
+        self._first_of_batch = False
         self._flush()
         self._update_reading()
 
@@ -248,12 +251,20 @@ class UsbipProtocol(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         self._out.append(data)
         self.server.stats.replies += 1
+        if self._first_of_batch:
+            # The first answer of a burst leaves at once, so the client can work on it while
+            # we make the rest (which then leave together, in one write).
+            self._first_of_batch = False
+            self._write_out()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._write_out()
+
+    def _write_out(self) -> None:
         if self._out and self.transport is not None and not self.transport.is_closing():
             out = self._out
             self._out = []
