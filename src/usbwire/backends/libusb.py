@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -172,6 +173,8 @@ class LibusbExport(ExportedDevice):
         self.context = context
         # Called when a transfer finds the device unplugged, so the export goes at once.
         self.gone = gone
+        # Set by the manager when the device is gone: run once the export is closed.
+        self.retired: Callable[[], None] | None = None
         self.busid = busid_of(device)
         self.handle: usb1.USBDeviceHandle | None = None
         self.endpoints = EndpointTable()
@@ -379,13 +382,17 @@ class LibusbExport(ExportedDevice):
                 self.handle.resetDevice()
 
     async def close(self) -> None:
-        if self.handle is None:
-            return
-        self._release_all()
-        self._reattach_drivers()
-        with contextlib.suppress(usb1.USBError):
-            self.handle.close()
-        self.handle = None
+        if self.handle is not None:
+            self._release_all()
+            self._reattach_drivers()
+            with contextlib.suppress(usb1.USBError):
+                self.handle.close()
+            self.handle = None
+        if self.retired is not None:
+            # The device left while imported: its libusb context may go only now that the
+            # handle is closed (closing it first would free what the handle still uses).
+            retired, self.retired = self.retired, None
+            retired()
 
 
 class _Scan:
@@ -459,10 +466,14 @@ class LibusbManager:
             for busid in list(self.exports):
                 current = present.get(busid)
                 if current is None or current.getDeviceAddress() != self.exports[busid].info.devnum:
-                    del self.exports[busid]
+                    gone = self.exports.pop(busid)
                     log.info("%s is gone", busid)
+                    old_scan = self._scans.pop(busid)
+                    if gone.handle is None:
+                        old_scan.release(busid)
+                    else:
+                        gone.retired = functools.partial(old_scan.release, busid)
                     self.removed(busid)
-                    self._scans.pop(busid).release(busid)
             for busid, device in present.items():
                 if busid in self.exports:
                     continue
