@@ -34,6 +34,26 @@ class ServerUnreachable(UsbwireError):
     """The server's address could not be resolved or connected to."""
 
 
+# What a TLS client without the certificate a server requires sees: a close, no alert.
+NO_CLIENT_CERTIFICATE = (
+    "the server closed the TLS connection without answering (does it require a client certificate? "
+    "give --cert and --key)"
+)
+
+
+def unreachable(error: OSError, host: str, port: int, timeout: float) -> ServerUnreachable:
+    """One line for why connecting to ``host:port`` failed (TLS handshakes included)."""
+    if isinstance(error, SSLError):
+        return ServerUnreachable(f"{host}:{port}: {describe_tls_error(error)}")
+    if isinstance(error, socket.gaierror):
+        return ServerUnreachable(f"cannot resolve {host}: {error.strerror}")
+    if isinstance(error, ConnectionRefusedError):
+        return ServerUnreachable(f"{host}:{port}: connection refused (is a server running?)")
+    if isinstance(error, TimeoutError):
+        return ServerUnreachable(f"{host}:{port}: no answer within {timeout:g} s")
+    return ServerUnreachable(f"{host}:{port}: {error.strerror or error}")
+
+
 async def open_connection(
     host: str, port: int = DEFAULT_PORT, timeout: float = CONNECT_TIMEOUT, ssl: SSLContext | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -41,16 +61,8 @@ async def open_connection(
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=ssl, server_hostname=host if ssl else None), timeout
         )
-    except SSLError as error:
-        raise ServerUnreachable(f"{host}:{port}: {describe_tls_error(error)}") from None
-    except socket.gaierror as error:
-        raise ServerUnreachable(f"cannot resolve {host}: {error.strerror}") from None
-    except ConnectionRefusedError:
-        raise ServerUnreachable(f"{host}:{port}: connection refused (is a server running?)") from None
-    except TimeoutError:
-        raise ServerUnreachable(f"{host}:{port}: no answer within {timeout:g} s") from None
     except OSError as error:
-        raise ServerUnreachable(f"{host}:{port}: {error.strerror or error}") from None
+        raise unreachable(error, host, port, timeout) from None
     sock = writer.get_extra_info("socket")
     if sock is not None:  # None when a TLS server already dropped us after the handshake
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -79,11 +91,7 @@ async def _reply(conn: ClientConnection, reader: asyncio.StreamReader, timeout: 
         return await asyncio.wait_for(read_event(conn, reader), timeout)
     except RemoteProtocolError as error:
         if tls and error.field == "state":
-            # A TLS server that wants a client certificate hangs up right after the handshake.
-            raise ServerUnreachable(
-                "the server closed the TLS connection without answering (does it require a client "
-                "certificate? give --cert and --key)"
-            ) from None
+            raise ServerUnreachable(NO_CLIENT_CERTIFICATE) from None
         raise
 
 

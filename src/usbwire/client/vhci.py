@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usbwire import auth
-from usbwire.client.remote import ServerUnreachable
+from usbwire.client.remote import NO_CLIENT_CERTIFICATE, ServerUnreachable, unreachable
 from usbwire.errors import AuthenticationFailed, ImportRefused, RemoteProtocolError, UsbwireError
 from usbwire.protocol.connection import ClientConnection
 from usbwire.protocol.constants import (
@@ -39,7 +39,6 @@ from usbwire.protocol.pdu import (
     OpReqImport,
 )
 from usbwire.sysfs import write as write_attribute
-from usbwire.tls import describe as describe_tls_error
 
 SYSFS = Path("/sys")
 STATE_DIR = Path("/var/run/vhci_hcd")
@@ -207,14 +206,8 @@ def import_socket(
     """
     try:
         sock = socket.create_connection((host, tcp_port), timeout=timeout)
-    except socket.gaierror as error:
-        raise ServerUnreachable(f"cannot resolve {host}: {error.strerror}") from None
-    except ConnectionRefusedError:
-        raise ServerUnreachable(f"{host}:{tcp_port}: connection refused (is a server running?)") from None
-    except TimeoutError:
-        raise ServerUnreachable(f"{host}:{tcp_port}: no answer within {timeout:g} s") from None
     except OSError as error:
-        raise ServerUnreachable(f"{host}:{tcp_port}: {error.strerror or error}") from None
+        raise unreachable(error, host, tcp_port, timeout) from None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         keepalive(sock)
@@ -222,7 +215,7 @@ def import_socket(
             try:
                 sock = tls.wrap_socket(sock, server_hostname=host)
             except ssl.SSLError as error:
-                raise ServerUnreachable(f"{host}:{tcp_port}: {describe_tls_error(error)}") from None
+                raise unreachable(error, host, tcp_port, timeout) from None
         conn = ClientConnection()
         if token is not None:
             _authenticate(sock, conn, token)
@@ -230,15 +223,11 @@ def import_socket(
         try:
             conn.receive_data(_read_exactly(sock, OP_HEADER_SIZE))
         except ssl.SSLError as error:
-            raise ServerUnreachable(f"{host}:{tcp_port}: {describe_tls_error(error)}") from None
+            raise unreachable(error, host, tcp_port, timeout) from None
         except RemoteProtocolError:
             if tls is None:
                 raise
-            # A TLS server that wants a client certificate hangs up right after the handshake.
-            raise ServerUnreachable(
-                f"{host}:{tcp_port}: the server closed the TLS connection without answering "
-                "(does it require a client certificate? give --cert and --key)"
-            ) from None
+            raise ServerUnreachable(f"{host}:{tcp_port}: {NO_CLIENT_CERTIFICATE}") from None
         reply = conn.next_event()
         if reply is NEED_DATA:
             conn.receive_data(_read_exactly(sock, DEVICE_RECORD_SIZE))
