@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from usbwire.backends.base import ExportedDevice
 from usbwire.errors import UsbwireError
 from usbwire.protocol.pdu import DeviceInfo
+from usbwire.server.access import VID_PID, device_matches
 from usbwire.server.registry import Registry
 
 log = logging.getLogger("usbwire")
 
-_VID_PID = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
 _BUSID = re.compile(r"^\d+-[\d.]+$")
 
 
@@ -29,7 +29,7 @@ class ExportRules:
     @classmethod
     def parse(cls, specs: Sequence[str]) -> ExportRules:
         for spec in specs:
-            if spec != "all" and not _VID_PID.match(spec) and not _BUSID.match(spec):
+            if spec != "all" and not VID_PID.match(spec) and not _BUSID.match(spec):
                 raise UsbwireError(f"cannot export {spec!r}: give a busid (1-2), VID:PID (046d:c52b) or 'all'")
         return cls(tuple(specs))
 
@@ -37,13 +37,7 @@ class ExportRules:
         return bool(self.rules)
 
     def allows(self, info: DeviceInfo) -> bool:
-        for rule in self.rules:
-            if rule in ("all", info.busid):
-                return True
-            match = _VID_PID.match(rule)
-            if match and (int(match[1], 16), int(match[2], 16)) == (info.idVendor, info.idProduct):
-                return True
-        return False
+        return any(rule == "all" or device_matches(rule, info) for rule in self.rules)
 
 
 class RealDevices:

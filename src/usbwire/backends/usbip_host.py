@@ -21,14 +21,6 @@ from usbwire.sysfs import write as write_attribute
 SYSFS = Path("/sys")
 DRIVER = "usbip-host"
 STATUS_AVAILABLE, STATUS_USED, STATUS_ERROR = 1, 2, 3
-_SPEEDS = {
-    "1.5": Speed.LOW,
-    "12": Speed.FULL,
-    "480": Speed.HIGH,
-    "5000": Speed.SUPER,
-    "10000": Speed.SUPER_PLUS,
-    "20000": Speed.SUPER_PLUS,
-}
 
 
 class BindError(UsbwireError):
@@ -96,7 +88,7 @@ class LocalDevice:
             busid=self.busid,
             busnum=int(busnum) if busnum.isdigit() else 0,
             devnum=self.number("devnum"),
-            speed=_SPEEDS.get(self.attribute("speed"), Speed.UNKNOWN),
+            speed=Speed.from_sysfs(self.attribute("speed")),
             idVendor=self.vid_pid[0],
             idProduct=self.vid_pid[1],
             bcdDevice=self.number("bcdDevice", 16),

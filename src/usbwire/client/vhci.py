@@ -44,7 +44,6 @@ SYSFS = Path("/sys")
 STATE_DIR = Path("/var/run/vhci_hcd")
 
 PORT_FREE, PORT_NOT_ASSIGNED, PORT_USED, PORT_ERROR = 4, 5, 6, 7
-_SPEED_FROM_SYSFS = {"1.5": Speed.LOW, "12": Speed.FULL, "480": Speed.HIGH, "5000": Speed.SUPER}
 
 
 class VhciError(UsbwireError):
@@ -169,7 +168,7 @@ class Vhci:
         return values
 
     def local_speed(self, busid: str) -> Speed:
-        return _SPEED_FROM_SYSFS.get(self.local_device(busid).get("speed", ""), Speed.UNKNOWN)
+        return Speed.from_sysfs(self.local_device(busid).get("speed", ""))
 
 
 def _status_order(path: Path) -> int:

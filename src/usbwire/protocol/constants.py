@@ -92,6 +92,20 @@ class Speed(enum.IntEnum):
     def text(self) -> str:
         return _SPEED_TEXT.get(self, "Unknown Speed")
 
+    @classmethod
+    def from_sysfs(cls, text: str) -> Speed:
+        """The speed a Linux device's sysfs ``speed`` attribute names (Mbit/s as text)."""
+        return _SPEED_FROM_SYSFS.get(text.strip(), cls.UNKNOWN)
+
+
+_SPEED_FROM_SYSFS = {
+    "1.5": Speed.LOW,
+    "12": Speed.FULL,
+    "480": Speed.HIGH,
+    "5000": Speed.SUPER,
+    "10000": Speed.SUPER_PLUS,
+    "20000": Speed.SUPER_PLUS,
+}
 
 _SPEED_TEXT = {
     Speed.LOW: "Low Speed(1.5Mbps)",

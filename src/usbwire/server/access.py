@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from usbwire.errors import UsbwireError
 from usbwire.protocol.pdu import DeviceInfo
 
-_VID_PID = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
+VID_PID = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
+
+
+def device_matches(spec: str, device: DeviceInfo) -> bool:
+    """Whether ``spec`` -- a busid or a ``VID:PID`` pair -- names ``device``."""
+    ids = VID_PID.match(spec)
+    if ids:
+        return (int(ids[1], 16), int(ids[2], 16)) == (device.idVendor, device.idProduct)
+    return spec == device.busid
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +84,7 @@ class Rule:
     allow: tuple[str, ...]
 
     def matches(self, device: DeviceInfo) -> bool:
-        ids = _VID_PID.match(self.match)
-        if ids:
-            return (int(ids[1], 16), int(ids[2], 16)) == (device.idVendor, device.idProduct)
-        return self.match == device.busid
+        return device_matches(self.match, device)
 
 
 @dataclass(frozen=True, slots=True)
