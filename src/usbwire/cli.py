@@ -450,10 +450,9 @@ def _port(args: argparse.Namespace) -> int:
 
 def _list_local(args: argparse.Namespace) -> int:
     ids = usbwire.load_usb_ids()
+    devices = [d for d in usbwire.local_devices() if not d.is_hub]
     rows = []
-    for device in usbwire.local_devices():
-        if device.is_hub:
-            continue
+    for device in devices:
         vendor, product = device.vid_pid
         rows.append(
             {
@@ -468,7 +467,8 @@ def _list_local(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    for row, device in zip(rows, [d for d in usbwire.local_devices() if not d.is_hub], strict=True):
+    # One scan of sysfs for both outputs: a device plugged in between two scans would not pair.
+    for row, device in zip(rows, devices, strict=True):
         vendor, product = device.vid_pid
         print(f" - busid {row['busid']} ({row['vid_pid']})")
         print(f"   {ids.product_text(vendor, product)}")
