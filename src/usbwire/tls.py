@@ -8,6 +8,7 @@ it only talks to clients holding a certificate that CA signed (mutual TLS).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 import ssl
 
 from usbwire.errors import UsbwireError
@@ -19,9 +20,9 @@ class TlsConfigError(UsbwireError):
     """A certificate, key or CA file cannot be used."""
 
 
-def _load(action: str, path: PathLike | None, load: object) -> None:
+def _load(action: str, path: PathLike | None, load: Callable[[], None]) -> None:
     try:
-        load()  # type: ignore[operator]
+        load()
     except FileNotFoundError:
         raise TlsConfigError(f"{action}: {path}: no such file") from None
     except (ssl.SSLError, OSError, ValueError) as error:
