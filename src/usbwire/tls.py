@@ -8,8 +8,8 @@ it only talks to clients holding a certificate that CA signed (mutual TLS).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 import ssl
+from collections.abc import Callable
 
 from usbwire.errors import UsbwireError
 
