@@ -30,7 +30,7 @@ from bench._loadgen import Load, Target, run_load
 from bench._model import SectionResult
 from bench._proc import cpu_seconds
 from bench._registry import Context, section
-from bench._servers import HOST
+from bench._servers import HOST, usbwire_serve_args
 
 TOP = 25
 
@@ -55,23 +55,6 @@ def _start(argv: list[str], cpu: int, nice: int) -> tuple[subprocess.Popen[str],
             break
     process.kill()
     raise RuntimeError(f"profiled server did not start: {process.stderr.read()[-500:]}")
-
-
-def _serve_argv(loop: str) -> list[str]:
-    return [
-        "-m",
-        "usbwire",
-        "serve",
-        "--host",
-        HOST,
-        "--port",
-        "0",
-        "--demo",
-        "--control",
-        "none",
-        "--loop",
-        loop,
-    ]
 
 
 def _load(ctx: Context, seconds: float) -> Load:
@@ -151,7 +134,7 @@ def profile(ctx: Context) -> SectionResult:
             result.notes.append("py-spy not installed (pip install py-spy): sampling profile skipped")
         else:
             ctx.log("profile: py-spy on usbwire (uvloop)")
-            process, port = _start([sys.executable, *_serve_argv("uvloop")], cpu, ctx.options.nice)
+            process, port = _start([sys.executable, *usbwire_serve_args("uvloop")], cpu, ctx.options.nice)
             raw = Path(tmp) / "py-spy.txt"
             try:
                 spy_argv = [spy, "record", "--pid", str(process.pid), "--duration", str(round(seconds))]
@@ -187,7 +170,7 @@ def profile(ctx: Context) -> SectionResult:
         ctx.log("profile: cProfile on usbwire (uvloop)")
         stats_file = Path(tmp) / "server.prof"
         process, port = _start(
-            [sys.executable, "-m", "cProfile", "-o", str(stats_file), *_serve_argv("uvloop")],
+            [sys.executable, "-m", "cProfile", "-o", str(stats_file), *usbwire_serve_args("uvloop")],
             cpu,
             ctx.options.nice,
         )

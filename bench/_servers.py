@@ -34,6 +34,12 @@ MAIN_BUSID = "1-1"
 START_TIMEOUT_S = 30.0
 
 
+def usbwire_serve_args(loop: str, control: str = "none", *extra: str) -> list[str]:
+    """``python`` arguments of the usbwire server every section measures (demo devices, any port)."""
+    args = ["-m", "usbwire", "serve", "--host", HOST, "--port", "0", "--demo", "--control", control]
+    return [*args, "--loop", loop, *extra]
+
+
 class ServerError(RuntimeError):
     """A server did not start, or died; the message carries the end of its stderr."""
 
@@ -135,21 +141,7 @@ class RunningServer:
             return [str(binaries.echo_server), "--host", HOST, "--port", "0"]
         if kind == "usbwire":
             control = str(self._control) if self.scale_devices else "none"
-            return [
-                sys.executable,
-                "-m",
-                "usbwire",
-                "serve",
-                "--host",
-                HOST,
-                "--port",
-                "0",
-                "--demo",
-                "--control",
-                control,
-                "--loop",
-                self.spec.loop,
-            ]
+            return [sys.executable, *usbwire_serve_args(self.spec.loop, control)]
         if kind == "usbip":
             return [
                 sys.executable,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench._model import Row, Sample, SectionResult
 from bench._registry import Context, section
+from bench._servers import usbwire_serve_args
 
 PLAIN, TLS = "usbwire-plain", "usbwire-tls"
 CONTROL_IN_FLIGHT, BULK_IN_FLIGHT, BULK_SIZE = 32, 8, 65536
@@ -29,10 +30,8 @@ CONTROL_IN_FLIGHT, BULK_IN_FLIGHT, BULK_SIZE = 32, 8, 65536
 
 @contextmanager
 def _server(server_cpu: int, tls: tuple[Path, Path] | None) -> Iterator[int]:
-    argv = [sys.executable, "-m", "usbwire", "serve", "--host", "127.0.0.1", "--port", "0", "--control", "none"]
-    argv += ["--loop", "uvloop"]
-    if tls:
-        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    extra = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
+    argv = [sys.executable, *usbwire_serve_args("uvloop", "none", *extra)]
     process = subprocess.Popen(["taskset", "-c", str(server_cpu), *argv], stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     port = 0
