@@ -20,7 +20,7 @@ from typing import Any
 from usbwire.backends.base import ExportedDevice, Urb, UrbResult
 from usbwire.errors import RemoteProtocolError
 from usbwire.protocol.connection import ServerConnection
-from usbwire.protocol.constants import Direction, Errno, TransferType
+from usbwire.protocol.constants import Direction, Errno
 from usbwire.protocol.pdu import CmdSubmit, CmdUnlink, IsoPacket, RetSubmit, RetUnlink
 
 log = logging.getLogger("usbwire.server")
@@ -148,9 +148,6 @@ class Dispatcher:
         if transfer is None:
             log.debug("URB %d for endpoint %d not in the active configuration", cmd.seqnum, cmd.ep)
             return None
-        if transfer in (TransferType.INTERRUPT, TransferType.ISOCHRONOUS) and cmd.interval <= 0:
-            # The server's USB core refuses such URBs with -EINVAL.
-            log.debug("URB %d with interval %d", cmd.seqnum, cmd.interval)
         urb = Urb(
             cmd.ep,
             cmd.direction,
