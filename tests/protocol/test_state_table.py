@@ -15,10 +15,14 @@ from usbwire.protocol import (
     OpRepChallenge,
     OpRepDevlist,
     OpRepImport,
+    OpRepResume,
+    OpRepSession,
     OpReqAuth,
     OpReqChallenge,
     OpReqDevlist,
     OpReqImport,
+    OpReqResume,
+    OpReqSession,
     OpStatus,
     RetSubmit,
     RetUnlink,
@@ -40,6 +44,10 @@ ONE_OF_EACH: list[Event] = [
     OpRepChallenge(nonce=bytes(32)),
     OpReqAuth(nonce=bytes(32), proof=bytes(32)),
     OpRepAuth(status=OpStatus.OK),
+    OpReqSession(busid="1-2"),
+    OpRepSession(status=OpStatus.OK),
+    OpReqResume(session_id=bytes(16), secret=bytes(32), received=0),
+    OpRepResume(status=OpStatus.OK),
 ]
 URB_EVENTS = (CmdSubmit, CmdUnlink, RetSubmit, RetUnlink)
 
@@ -49,7 +57,7 @@ def test_every_pdu_has_exactly_one_sending_role() -> None:
 
 
 def test_requests_and_commands_come_from_the_client_replies_from_the_server() -> None:
-    client = {OpReqDevlist, OpReqImport, OpReqChallenge, OpReqAuth, CmdSubmit, CmdUnlink}
+    client = {OpReqDevlist, OpReqImport, OpReqChallenge, OpReqAuth, OpReqSession, OpReqResume, CmdSubmit, CmdUnlink}
     assert {kind for kind, role in SENDER.items() if role is Role.CLIENT} == client
     assert {kind for kind, role in SENDER.items() if role is Role.SERVER} == set(SENDER) - client
 
@@ -62,8 +70,22 @@ def test_requests_and_commands_come_from_the_client_replies_from_the_server() ->
         (State.DEVLIST_REPLY, OpRepDevlist(), State.DONE),
         (State.IMPORT_REPLY, OpRepImport(status=OpStatus.OK, device=DEVICE), State.URB),
         (State.IMPORT_REPLY, OpRepImport(status=OpStatus.DEV_BUSY), State.DONE),
+        (State.OP_REQUEST, OpReqSession(busid="1-2"), State.SESSION_REPLY),
+        (State.SESSION_REPLY, OpRepSession(status=OpStatus.NA), State.OP_REQUEST),
+        (State.OP_REQUEST, OpReqResume(session_id=bytes(16), secret=bytes(32), received=0), State.RESUME_REPLY),
+        (State.RESUME_REPLY, OpRepResume(status=OpStatus.OK), State.DONE),
     ],
-    ids=["devlist", "import", "devlist reply", "import accepted", "import refused"],
+    ids=[
+        "devlist",
+        "import",
+        "devlist reply",
+        "import accepted",
+        "import refused",
+        "session asked before the import",
+        "session granted or not, the import follows",
+        "resumption",
+        "a resumed stream leaves the USB/IP state machine",
+    ],
 )
 def test_management_phase_transitions(state: State, event: Event, after: State) -> None:
     assert next_state(state, event) is after

@@ -10,34 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
+import selectors
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from usbwire import auth
-from usbwire.client.remote import NO_CLIENT_CERTIFICATE, ServerUnreachable, unreachable
-from usbwire.errors import AuthenticationFailed, ImportRefused, RemoteProtocolError, UsbwireError
-from usbwire.protocol.connection import ClientConnection
-from usbwire.protocol.constants import (
-    AUTH_NONCE_SIZE,
-    DEFAULT_PORT,
-    DEVICE_RECORD_SIZE,
-    OP_HEADER_SIZE,
-    OpStatus,
-    Speed,
-)
-from usbwire.protocol.pdu import (
-    NEED_DATA,
-    DeviceInfo,
-    OpRepAuth,
-    OpRepChallenge,
-    OpRepImport,
-    OpReqAuth,
-    OpReqChallenge,
-    OpReqImport,
-)
+from usbwire.client.handshake import connect, import_socket
+from usbwire.client.session import SessionRelay, import_resumable
+from usbwire.errors import UsbwireError
+from usbwire.protocol.constants import DEFAULT_PORT, Speed
+from usbwire.protocol.pdu import DeviceInfo
+
+__all__ = ["Vhci", "VhciError", "attach", "import_socket", "relay", "start_relay"]
 from usbwire.sysfs import write as write_attribute
 
 SYSFS = Path("/sys")
@@ -190,110 +178,6 @@ def _sysfs_error(error: OSError, what: str) -> VhciError:
     return VhciError(f"vhci {what} failed: {os.strerror(error.errno or 0)}")
 
 
-def import_socket(
-    host: str,
-    busid: str,
-    tcp_port: int = DEFAULT_PORT,
-    timeout: float = 10.0,
-    tls: ssl.SSLContext | None = None,
-    token: str | None = None,
-) -> tuple[socket.socket, DeviceInfo]:
-    """OP_REQ_IMPORT over a blocking socket (TLS with ``tls``), reading exactly the reply's bytes.
-
-    Nothing past OP_REP_IMPORT may be read in userspace: the kernel (or the TLS relay) reads
-    the URB stream from this socket once it is attached.
-    """
-    try:
-        sock = socket.create_connection((host, tcp_port), timeout=timeout)
-    except OSError as error:
-        raise unreachable(error, host, tcp_port, timeout) from None
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        keepalive(sock)
-        if tls is not None:
-            try:
-                sock = tls.wrap_socket(sock, server_hostname=host)
-            except ssl.SSLError as error:
-                raise unreachable(error, host, tcp_port, timeout) from None
-        conn = ClientConnection()
-        if token is not None:
-            _authenticate(sock, conn, token)
-        sock.sendall(conn.send(OpReqImport(busid=busid)))
-        try:
-            conn.receive_data(_read_exactly(sock, OP_HEADER_SIZE))
-        except ssl.SSLError as error:
-            raise unreachable(error, host, tcp_port, timeout) from None
-        except RemoteProtocolError:
-            if tls is None:
-                raise
-            raise ServerUnreachable(f"{host}:{tcp_port}: {NO_CLIENT_CERTIFICATE}") from None
-        reply = conn.next_event()
-        if reply is NEED_DATA:
-            conn.receive_data(_read_exactly(sock, DEVICE_RECORD_SIZE))
-            reply = conn.next_event()
-        assert isinstance(reply, OpRepImport)
-        if reply.status != OpStatus.OK or reply.device is None:
-            raise ImportRefused(busid, reply.status, _refusal(reply.status, busid))
-        if reply.device.busid != busid:
-            raise RemoteProtocolError(
-                f"server answered for busid {reply.device.busid!r}", field="busid", value=reply.device.busid
-            )
-        sock.settimeout(None)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, reply.device
-
-
-def keepalive(sock: socket.socket, idle: int = 5, interval: int = 2, count: int = 3) -> None:
-    """TCP keepalive tight enough that a dead path ends the import in about 11 s.
-
-    The kernel keeps the socket options userspace set, so vhci notices a server that
-    vanished without a FIN (power loss, a cut cable) instead of waiting for hours.
-    """
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
-        if hasattr(socket, option):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-
-
-def _authenticate(sock: socket.socket, conn: ClientConnection, token: str) -> None:
-    sock.sendall(conn.send(OpReqChallenge()))
-    try:
-        conn.receive_data(_read_exactly(sock, OP_HEADER_SIZE + AUTH_NONCE_SIZE))
-    except RemoteProtocolError:
-        raise AuthenticationFailed("the server does not speak usbwire's token authentication") from None
-    challenge = conn.next_event()
-    assert isinstance(challenge, OpRepChallenge)
-    mine = auth.nonce()
-    sock.sendall(conn.send(OpReqAuth(nonce=mine, proof=auth.proof(token, challenge.nonce, mine))))
-    conn.receive_data(_read_exactly(sock, OP_HEADER_SIZE))
-    verdict = conn.next_event()
-    assert isinstance(verdict, OpRepAuth)
-    if verdict.status != OpStatus.OK:
-        raise AuthenticationFailed("the server refused the token")
-
-
-def _refusal(status: OpStatus, busid: str) -> str:
-    if status == OpStatus.NODEV:
-        return f"busid {busid} is not exported by the server"
-    if status == OpStatus.DEV_BUSY:
-        return f"device {busid} is busy (imported by another client)"
-    return status.text
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise RemoteProtocolError(
-                "the server closed the connection during the import", field="length", value=len(data)
-            )
-        data += chunk
-    return data
-
-
 def attach(
     host: str,
     busid: str,
@@ -301,19 +185,24 @@ def attach(
     vhci: Vhci | None = None,
     tls: ssl.SSLContext | None = None,
     token: str | None = None,
+    resume: bool = False,
 ) -> int:
     """``usbip attach`` in Python: returns the vhci port the device is on.
 
-    With ``tls``, the kernel gets one end of a socketpair and a relay process (which outlives
-    this call, and ends when the port is detached or the server goes away) carries the URB
-    stream over the TLS connection: vhci only takes a plain socket.
+    With ``tls``, or with ``resume`` when the server grants a resumable session, the kernel gets
+    one end of a socketpair and a relay process (which outlives this call, and ends when the
+    port is detached or the server is gone for good) carries the URB stream: vhci only takes a
+    plain socket, and only the relay can keep it open across a broken connection.
     """
     vhci = vhci or Vhci()
     vhci.check()
     if os.geteuid() != 0:
         raise VhciError("attaching a device needs root")
-    sock, device = import_socket(host, busid, tcp_port, tls=tls, token=token)
-    if tls is None:
+    if resume:
+        sock, device, ticket = import_resumable(host, busid, tcp_port, tls=tls, token=token)
+    else:
+        (sock, device), ticket = import_socket(host, busid, tcp_port, tls=tls, token=token), None
+    if tls is None and ticket is None:
         try:
             port = vhci.attach(sock, device)
         finally:
@@ -329,30 +218,32 @@ def attach(
             raise
         finally:
             kernel_end.close()
-        start_relay(sock, relay_end)
+        if ticket is None:
+            start_relay(functools.partial(relay, sock, relay_end), sock, relay_end)
+        else:
+            reconnect = functools.partial(connect, host, tcp_port, tls=tls, token=token)
+            start_relay(SessionRelay(sock, relay_end, ticket, reconnect).run, sock, relay_end)
     vhci.record(port, host, tcp_port, busid)
     return port
 
 
-def start_relay(network: socket.socket, local: socket.socket) -> int:
-    """Fork a process that copies bytes both ways until either side closes; returns its pid."""
+def start_relay(run: Callable[[], None], *sockets: socket.socket) -> int:
+    """Fork a process that runs ``run`` (a relay over ``sockets``, closed here); returns its pid."""
     pid = os.fork()
     if pid:
-        network.close()
-        local.close()
+        for sock in sockets:
+            sock.close()
         return pid
     # The child: detached from the terminal, so it outlives `usbwire attach`.
     try:
         os.setsid()
-        relay(network, local)
+        run()
     finally:
         os._exit(0)
 
 
 def relay(network: socket.socket, local: socket.socket) -> None:
     """Copy until one side ends; a TLS socket's already-decrypted bytes go first."""
-    import selectors
-
     selector = selectors.DefaultSelector()
     selector.register(network, selectors.EVENT_READ, local)
     selector.register(local, selectors.EVENT_READ, network)

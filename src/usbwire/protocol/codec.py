@@ -24,6 +24,8 @@ from usbwire.protocol.constants import (
     MAX_DEVLIST_DEVICES,
     MAX_ISO_PACKETS,
     OP_HEADER_SIZE,
+    SESSION_ID_SIZE,
+    SESSION_SECRET_SIZE,
     URB_HEADER_SIZE,
     USBIP_VERSION,
     Command,
@@ -42,10 +44,14 @@ from usbwire.protocol.pdu import (
     OpRepChallenge,
     OpRepDevlist,
     OpRepImport,
+    OpRepResume,
+    OpRepSession,
     OpReqAuth,
     OpReqChallenge,
     OpReqDevlist,
     OpReqImport,
+    OpReqResume,
+    OpReqSession,
     RetSubmit,
     RetUnlink,
 )
@@ -60,6 +66,9 @@ RET_SUBMIT = struct.Struct(">IIIIIiiiii8x")
 CMD_UNLINK = struct.Struct(">IIIIII24x")
 RET_UNLINK = struct.Struct(">IIIIIi24x")
 ISO_DESCRIPTOR = struct.Struct(">IIIi")
+SESSION_GRANT = struct.Struct(f">{SESSION_ID_SIZE}s{SESSION_SECRET_SIZE}sI")
+RESUME_TICKET = struct.Struct(f">{SESSION_ID_SIZE}s{SESSION_SECRET_SIZE}sQ")
+STREAM_COUNT = struct.Struct(">Q")
 
 assert DEVICE_RECORD.size == DEVICE_RECORD_SIZE
 assert CMD_SUBMIT.size == RET_SUBMIT.size == CMD_UNLINK.size == RET_UNLINK.size == URB_HEADER_SIZE
@@ -178,11 +187,20 @@ def _speed(value: int) -> Speed:
         raise RemoteProtocolError(f"unknown speed {value}", field="speed", value=value) from None
 
 
+_OP_REQUESTS = (
+    OpCode.REQ_DEVLIST,
+    OpCode.REQ_IMPORT,
+    OpCode.REQ_CHALLENGE,
+    OpCode.REQ_SESSION,
+    OpCode.REQ_RESUME,
+)
+
+
 def read_op_request(buf: Buffer) -> Read:
-    """A server's first read: OP_REQ_DEVLIST, OP_REQ_IMPORT (or usbwire's OP_REQ_CHALLENGE)."""
+    """A server's first read: OP_REQ_DEVLIST, OP_REQ_IMPORT (or a usbwire extension's request)."""
     if len(buf) < OP_HEADER_SIZE:
         return None
-    code, status = _read_op_header(buf, (OpCode.REQ_DEVLIST, OpCode.REQ_IMPORT, OpCode.REQ_CHALLENGE))
+    code, status = _read_op_header(buf, _OP_REQUESTS)
     if status != 0:
         # usbipd refuses a request with a non-zero status; so do we.
         raise RemoteProtocolError(f"request status {status}, must be 0", field="status", value=status)
@@ -190,10 +208,23 @@ def read_op_request(buf: Buffer) -> Read:
         return OpReqDevlist(), OP_HEADER_SIZE
     if code == OpCode.REQ_CHALLENGE:
         return OpReqChallenge(), OP_HEADER_SIZE
-    if len(buf) < OP_HEADER_SIZE + BUSID_SIZE:
-        return None
-    busid = _decode_text(bytes(buf[OP_HEADER_SIZE : OP_HEADER_SIZE + BUSID_SIZE]), "busid")
-    return OpReqImport(busid=busid), OP_HEADER_SIZE + BUSID_SIZE
+    if code == OpCode.REQ_SESSION:
+        busid, size = _read_busid(buf)
+        return (OpReqSession(busid=busid), size) if busid is not None else None
+    if code == OpCode.REQ_RESUME:
+        if len(buf) < OP_HEADER_SIZE + RESUME_TICKET.size:
+            return None
+        session_id, secret, received = RESUME_TICKET.unpack_from(buf, OP_HEADER_SIZE)
+        return OpReqResume(session_id=session_id, secret=secret, received=received), OP_HEADER_SIZE + RESUME_TICKET.size
+    busid, size = _read_busid(buf)
+    return (OpReqImport(busid=busid), size) if busid is not None else None
+
+
+def _read_busid(buf: Buffer) -> tuple[str | None, int]:
+    size = OP_HEADER_SIZE + BUSID_SIZE
+    if len(buf) < size:
+        return None, size
+    return _decode_text(bytes(buf[OP_HEADER_SIZE:size]), "busid"), size
 
 
 def read_op_req_auth(buf: Buffer) -> Read:
@@ -243,6 +274,45 @@ def encode_op_req_auth(req: OpReqAuth) -> bytes:
 
 def encode_op_rep_auth(rep: OpRepAuth) -> bytes:
     return encode_op_header(OpCode.REP_AUTH, rep.status)
+
+
+def encode_op_req_session(req: OpReqSession) -> bytes:
+    return encode_op_header(OpCode.REQ_SESSION) + req.busid.encode().ljust(BUSID_SIZE, b"\0")
+
+
+def encode_op_rep_session(rep: OpRepSession) -> bytes:
+    return encode_op_header(OpCode.REP_SESSION, rep.status) + SESSION_GRANT.pack(
+        rep.session_id, rep.secret, rep.window_ms
+    )
+
+
+def read_op_rep_session(buf: Buffer) -> Read:
+    if len(buf) < OP_HEADER_SIZE:
+        return None
+    _, status = _read_op_header(buf, (OpCode.REP_SESSION,))
+    if len(buf) < OP_HEADER_SIZE + SESSION_GRANT.size:
+        return None
+    session_id, secret, window_ms = SESSION_GRANT.unpack_from(buf, OP_HEADER_SIZE)
+    rep = OpRepSession(status=_op_status(status), session_id=session_id, secret=secret, window_ms=window_ms)
+    return rep, OP_HEADER_SIZE + SESSION_GRANT.size
+
+
+def encode_op_req_resume(req: OpReqResume) -> bytes:
+    return encode_op_header(OpCode.REQ_RESUME) + RESUME_TICKET.pack(req.session_id, req.secret, req.received)
+
+
+def encode_op_rep_resume(rep: OpRepResume) -> bytes:
+    return encode_op_header(OpCode.REP_RESUME, rep.status) + STREAM_COUNT.pack(rep.received)
+
+
+def read_op_rep_resume(buf: Buffer) -> Read:
+    if len(buf) < OP_HEADER_SIZE:
+        return None
+    _, status = _read_op_header(buf, (OpCode.REP_RESUME,))
+    if len(buf) < OP_HEADER_SIZE + STREAM_COUNT.size:
+        return None
+    (received,) = STREAM_COUNT.unpack_from(buf, OP_HEADER_SIZE)
+    return OpRepResume(status=_op_status(status), received=received), OP_HEADER_SIZE + STREAM_COUNT.size
 
 
 def read_op_rep_devlist(buf: Buffer, max_devices: int = MAX_DEVLIST_DEVICES) -> Read:

@@ -25,10 +25,14 @@ from usbwire.protocol.pdu import (
     OpRepChallenge,
     OpRepDevlist,
     OpRepImport,
+    OpRepResume,
+    OpRepSession,
     OpReqAuth,
     OpReqChallenge,
     OpReqDevlist,
     OpReqImport,
+    OpReqResume,
+    OpReqSession,
     RetSubmit,
     RetUnlink,
     _NeedData,
@@ -43,6 +47,10 @@ _ENCODERS: dict[type[Event], Callable[[object], bytes]] = {
     OpRepChallenge: codec.encode_op_rep_challenge,  # type: ignore[dict-item]
     OpReqAuth: codec.encode_op_req_auth,  # type: ignore[dict-item]
     OpRepAuth: codec.encode_op_rep_auth,  # type: ignore[dict-item]
+    OpReqSession: codec.encode_op_req_session,  # type: ignore[dict-item]
+    OpRepSession: codec.encode_op_rep_session,  # type: ignore[dict-item]
+    OpReqResume: codec.encode_op_req_resume,  # type: ignore[dict-item]
+    OpRepResume: codec.encode_op_rep_resume,  # type: ignore[dict-item]
     OpRepDevlist: codec.encode_op_rep_devlist,  # type: ignore[dict-item]
     OpReqImport: codec.encode_op_req_import,  # type: ignore[dict-item]
     OpRepImport: codec.encode_op_rep_import,  # type: ignore[dict-item]
@@ -330,6 +338,10 @@ class ClientConnection(Connection):
             return codec.read_op_rep_challenge
         if self.state is State.AUTH_REPLY:
             return codec.read_op_rep_auth
+        if self.state is State.SESSION_REPLY:
+            return codec.read_op_rep_session
+        if self.state is State.RESUME_REPLY:
+            return codec.read_op_rep_resume
         if self.state is State.URB:
             return lambda buf: codec.read_ret(buf, self._outstanding.get)
         return None

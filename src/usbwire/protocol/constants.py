@@ -19,6 +19,8 @@ ISO_DESCRIPTOR_SIZE = 16
 MAX_ISO_PACKETS = 1024
 AUTH_NONCE_SIZE = 32
 AUTH_PROOF_SIZE = 32
+SESSION_ID_SIZE = 16
+SESSION_SECRET_SIZE = 32
 # Largest DEVLIST a client accepts: bounds what a hostile server can make us buffer.
 MAX_DEVLIST_DEVICES = 4096
 
@@ -36,6 +38,12 @@ class OpCode(enum.IntEnum):
     REP_CHALLENGE = 0x00A1
     REQ_AUTH = 0x80A2
     REP_AUTH = 0x00A2
+    # usbwire's session extension (protocol/session.py): a resumable URB stream, and its
+    # resumption over a new connection. Asked for only by usbwire clients told to.
+    REQ_SESSION = 0x80A3
+    REP_SESSION = 0x00A3
+    REQ_RESUME = 0x80A4
+    REP_RESUME = 0x00A4
 
 
 class OpStatus(enum.IntEnum):

@@ -19,6 +19,8 @@ from usbwire.protocol.constants import (
     BUSID_SIZE,
     MAX_ISO_PACKETS,
     PATH_SIZE,
+    SESSION_ID_SIZE,
+    SESSION_SECRET_SIZE,
     Direction,
     OpStatus,
     Speed,
@@ -30,6 +32,7 @@ _U16 = 0xFFFF
 _U32 = 0xFFFF_FFFF
 _S32_MIN = -(2**31)
 _S32_MAX = 2**31 - 1
+_U64 = 2**64 - 1
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
@@ -198,6 +201,66 @@ class OpRepAuth:
     """usbwire extension: OK, or the connection ends."""
 
     status: OpStatus
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpReqSession:
+    """usbwire extension: the client asks that its coming import of ``busid`` be resumable."""
+
+    busid: str
+
+    def __post_init__(self) -> None:
+        _check_text("busid", self.busid, BUSID_SIZE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpRepSession:
+    """usbwire extension: the session's id and resume secret, and the longest outage (in ms)
+    the server hides; any status but OK means "no session", and the import goes on plain."""
+
+    status: OpStatus
+    session_id: bytes = bytes(SESSION_ID_SIZE)
+    secret: bytes = bytes(SESSION_SECRET_SIZE)
+    window_ms: int = 0
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id, self.secret)
+        _check_range("window_ms", self.window_ms, 0, _U32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpReqResume:
+    """usbwire extension: continue session ``session_id`` on this connection; ``received``
+    counts the stream bytes the client got from the server so far."""
+
+    session_id: bytes
+    secret: bytes
+    received: int
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id, self.secret)
+        _check_range("received", self.received, 0, _U64)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpRepResume:
+    """usbwire extension: OK and the stream bytes the server got from the client, or the
+    session is gone (NODEV) and the connection ends."""
+
+    status: OpStatus
+    received: int = 0
+
+    def __post_init__(self) -> None:
+        _check_range("received", self.received, 0, _U64)
+
+
+def _check_session(session_id: bytes, secret: bytes) -> None:
+    if len(session_id) != SESSION_ID_SIZE or len(secret) != SESSION_SECRET_SIZE:
+        raise LocalProtocolError(
+            f"a session id is {SESSION_ID_SIZE} bytes and its secret {SESSION_SECRET_SIZE}",
+            field="secret",
+            value=len(secret),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,7 +540,18 @@ class RetUnlink:
 
 
 OpEvent = (
-    OpReqDevlist | OpRepDevlist | OpReqImport | OpRepImport | OpReqChallenge | OpRepChallenge | OpReqAuth | OpRepAuth
+    OpReqDevlist
+    | OpRepDevlist
+    | OpReqImport
+    | OpRepImport
+    | OpReqChallenge
+    | OpRepChallenge
+    | OpReqAuth
+    | OpRepAuth
+    | OpReqSession
+    | OpRepSession
+    | OpReqResume
+    | OpRepResume
 )
 UrbEvent = CmdSubmit | RetSubmit | CmdUnlink | RetUnlink
 Event = OpEvent | UrbEvent
@@ -511,10 +585,14 @@ __all__ = [
     "OpRepChallenge",
     "OpRepDevlist",
     "OpRepImport",
+    "OpRepResume",
+    "OpRepSession",
     "OpReqAuth",
     "OpReqChallenge",
     "OpReqDevlist",
     "OpReqImport",
+    "OpReqResume",
+    "OpReqSession",
     "RetSubmit",
     "RetUnlink",
     "UrbEvent",

@@ -19,10 +19,14 @@ from usbwire.protocol.pdu import (
     OpRepChallenge,
     OpRepDevlist,
     OpRepImport,
+    OpRepResume,
+    OpRepSession,
     OpReqAuth,
     OpReqChallenge,
     OpReqDevlist,
     OpReqImport,
+    OpReqResume,
+    OpReqSession,
     RetSubmit,
     RetUnlink,
 )
@@ -41,6 +45,8 @@ class State(enum.Enum):
     CHALLENGE_REPLY = "waiting for the authentication challenge"
     AUTH_REQUEST = "waiting for the authentication proof"
     AUTH_REPLY = "waiting for the authentication verdict"
+    SESSION_REPLY = "waiting for the session grant"
+    RESUME_REPLY = "waiting for the resumption verdict"
     DONE = "done"
 
 
@@ -50,6 +56,10 @@ SENDER: dict[type[Event], Role] = {
     OpReqAuth: Role.CLIENT,
     OpRepChallenge: Role.SERVER,
     OpRepAuth: Role.SERVER,
+    OpReqSession: Role.CLIENT,
+    OpRepSession: Role.SERVER,
+    OpReqResume: Role.CLIENT,
+    OpRepResume: Role.SERVER,
     OpReqImport: Role.CLIENT,
     CmdSubmit: Role.CLIENT,
     CmdUnlink: Role.CLIENT,
@@ -67,6 +77,12 @@ TRANSITIONS: dict[tuple[State, type[Event]], State] = {
     (State.CHALLENGE_REPLY, OpRepChallenge): State.AUTH_REQUEST,
     (State.AUTH_REQUEST, OpReqAuth): State.AUTH_REPLY,
     (State.AUTH_REPLY, OpRepAuth): State.OP_REQUEST,
+    (State.OP_REQUEST, OpReqSession): State.SESSION_REPLY,
+    (State.SESSION_REPLY, OpRepSession): State.OP_REQUEST,
+    # A resumed stream goes on in the session's framing (protocol/session.py), which this
+    # state machine does not parse: for it the exchange is over either way.
+    (State.OP_REQUEST, OpReqResume): State.RESUME_REPLY,
+    (State.RESUME_REPLY, OpRepResume): State.DONE,
     (State.DEVLIST_REPLY, OpRepDevlist): State.DONE,
     (State.IMPORT_REPLY, OpRepImport): State.URB,
     (State.URB, CmdSubmit): State.URB,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 from usbwire import auth
 from usbwire.backends.base import KernelExport
 from usbwire.errors import RemoteProtocolError
+from usbwire.keepalive import keepalive
 from usbwire.protocol.connection import ServerConnection
 from usbwire.protocol.constants import Direction, OpStatus, TransferType
 from usbwire.protocol.pdu import (
@@ -27,14 +28,19 @@ from usbwire.protocol.pdu import (
     OpRepChallenge,
     OpRepDevlist,
     OpRepImport,
+    OpRepResume,
+    OpRepSession,
     OpReqAuth,
     OpReqChallenge,
     OpReqDevlist,
     OpReqImport,
+    OpReqResume,
+    OpReqSession,
 )
 from usbwire.protocol.state import State
 from usbwire.server.access import Client
 from usbwire.server.dispatch import Dispatcher
+from usbwire.server.session import ServerSession
 
 if TYPE_CHECKING:
     from usbwire.backends.base import ExportedDevice
@@ -67,6 +73,11 @@ class UsbipProtocol(asyncio.Protocol):
         self._challenge = b""
         self._request_timer: asyncio.TimerHandle | None = None
         self._first_of_batch = False
+        # usbwire's session extension (server/session.py): granted before the import, framing
+        # the URB stream after it.
+        self.session: ServerSession | None = None
+        self._session_busid: str | None = None
+        self._process_scheduled = False
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -77,6 +88,8 @@ class UsbipProtocol(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # asyncio sets it too, but a reply split by Nagle costs ~40 ms: never rely on defaults.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A client whose host or path died without a FIN is noticed in seconds, not hours.
+            keepalive(sock)
         peer = transport.get_extra_info("peername")
         self.peer = _format_peer(peer)
         address = peer[0] if isinstance(peer, tuple) else "local"
@@ -90,10 +103,23 @@ class UsbipProtocol(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is not None and session.started:
+            try:
+                data = session.receive(data)
+            except RemoteProtocolError as error:
+                self.server.stats.protocol_errors += 1
+                self._abort(f"session protocol error: {error}")
+                return
+            if session.ended_by_peer:
+                self.conn.receive_data(data)
+                data = b""  # the stream ends here: the USB/IP side sees a clean close
         self.conn.receive_data(data)
         self._process()
 
     def eof_received(self) -> bool:
+        if self.session is not None and self.session.started:
+            return False  # the link ended, not the stream: the session may resume it
         self.conn.receive_data(b"")
         self._process()
         return False
@@ -108,6 +134,15 @@ class UsbipProtocol(asyncio.Protocol):
             self._request_timer.cancel()
         if self._liveness is not None:
             self._liveness.cancel()
+        if self.session is not None and self.session.suspend():
+            window = self.server.limits.resume_window
+            log.info("%s: link of %s lost (%s); holding it %g s for a resumption", self.peer, self.busid, exc, window)
+            return
+        self._end(exc)
+
+    def _end(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.session.close()
         if self.dispatcher is not None:
             self.dispatcher.close()
         if self.busid is not None:
@@ -133,6 +168,8 @@ class UsbipProtocol(asyncio.Protocol):
         self._flush_scheduled = True
         self._first_of_batch = True
         while not self._closing:
+            if self.session is not None and self.session.started and self._busy():
+                break  # the rest waits in the buffer; frames (pings, acks) are still read
             try:
                 event = conn.next_event()
                 if type(event) is CmdSubmit:
@@ -156,12 +193,19 @@ class UsbipProtocol(asyncio.Protocol):
                 self.send(self.conn.send(OpRepChallenge(nonce=self._challenge)))
             elif isinstance(event, OpReqAuth):
                 self._authenticate(event)
+            elif isinstance(event, OpReqSession):
+                self._grant_session(event.busid)
+            elif isinstance(event, OpReqResume):
+                self._resume(event)
+                return
             elif isinstance(event, ConnectionClosed):
                 self._close("client closed the connection" if self.busid else None)
                 return
         self._first_of_batch = False
         self._flush()
         self._update_reading()
+        if self.session is not None and self.session.started:
+            self.session.acknowledge()
 
     def _authenticate(self, request: OpReqAuth) -> None:
         name = auth.verify(self.server.policy.tokens, self._challenge, request.nonce, request.proof)
@@ -174,6 +218,60 @@ class UsbipProtocol(asyncio.Protocol):
         log.info("%s authenticated with token %s", self.peer, name)
         self.send(self.conn.send(OpRepAuth(status=OpStatus.OK)))
 
+    # -- usbwire's session extension ---------------------------------------------------------
+
+    def _grant_session(self, busid: str) -> None:
+        limits = self.server.limits
+        device = self.server.registry.get(busid)
+        # The kernel's stub takes the socket itself and cannot frame: such imports stay plain.
+        if limits.resume_window <= 0 or self.session is not None or isinstance(device, KernelExport):
+            self.send(self.conn.send(OpRepSession(status=OpStatus.NA)))
+            return
+        session = self.server.sessions.open(
+            limits.resume_window, limits.liveness_timeout, lambda: self.conn.buffered, self._session_expired, self
+        )
+        self.session, self._session_busid = session, busid
+        window_ms = int(limits.resume_window * 1000)
+        grant = OpRepSession(status=OpStatus.OK, session_id=session.id, secret=session.secret, window_ms=window_ms)
+        self.send(self.conn.send(grant))
+
+    def _resume(self, request: OpReqResume) -> None:
+        """Hand this connection to the import it resumes; this object is done with it."""
+        session = self.server.sessions.find(request.session_id, request.secret)
+        if session is None or not session.can_resume(request.received):
+            log.info("%s: resumption refused (no such session, or it cannot continue)", self.peer)
+            self.send(self.conn.send(OpRepResume(status=OpStatus.NODEV)))
+            self._close(None)
+            return
+        transport = self.transport
+        assert transport is not None
+        reply = self.conn.send(OpRepResume(status=OpStatus.OK, received=session.stream.received))
+        self._closing = True
+        self.transport = None
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+        self.server.connection_closed(self)
+        owner = session.owner
+        assert isinstance(owner, UsbipProtocol)
+        owner.adopt(transport, reply, request.received, self.peer)
+
+    def adopt(self, transport: asyncio.Transport, reply: bytes, peer_received: int, peer: str) -> None:
+        """Go on with our import over ``transport``, a resuming client's new connection."""
+        assert self.session is not None
+        log.info("%s resumed %s (was %s)", peer, self.busid, self.peer)
+        self.peer = peer
+        self.transport = transport
+        transport.set_protocol(self)
+        self._closing = self._reading_paused = self._writing_paused = False
+        self.session.resume(transport, reply, peer_received)
+        self._update_reading()
+        if self.conn.buffered:
+            self._process()
+
+    def _session_expired(self) -> None:
+        window = self.server.limits.resume_window
+        self._end(TimeoutError(f"the client did not resume within {window:g} s"))
+
     def _devlist(self) -> None:
         policy = self.server.policy
         devices = [d for d in self.server.registry.available() if policy.allows(d, self.client)]
@@ -182,6 +280,11 @@ class UsbipProtocol(asyncio.Protocol):
         self._close(None)
 
     def _import(self, busid: str) -> None:
+        if self.session is not None and busid != self._session_busid:
+            log.warning("%s: session asked for %s, import of %s refused", self.peer, self._session_busid, busid)
+            self.send(self.conn.send(OpRepImport(status=OpStatus.NA)))
+            self._close(None)
+            return
         device = self.server.registry.get(busid)
         if device is not None and not self.server.policy.allows(device.info, self.client):
             log.warning("%s import of %s denied (%s)", self.peer, busid, self.client.describe())
@@ -238,7 +341,11 @@ class UsbipProtocol(asyncio.Protocol):
         self.conn.is_iso = lambda ep, direction: _is_iso(device, ep, direction)
         self.dispatcher = Dispatcher(device, self.conn, self.send, self._update_reading)
         self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=device.info)))
-        log.info("%s imported %s", self.peer, self.busid)
+        log.info("%s imported %s%s", self.peer, self.busid, " (resumable session)" if self.session else "")
+        if self.session is not None:
+            self._write_out()  # the reply goes unframed; all after it in frames
+            assert self.transport is not None
+            self.session.start(self.transport)
         self._process()  # URBs may already be waiting in the buffer
 
     def device_removed(self) -> None:
@@ -265,16 +372,33 @@ class UsbipProtocol(asyncio.Protocol):
         self._write_out()
 
     def _write_out(self) -> None:
+        if self._out and self.session is not None and self.session.started:
+            # Kept for a resumption even while no link is up.
+            out = self._out
+            self._out = []
+            self.session.send(out[0] if len(out) == 1 else b"".join(out))
+            return
         if self._out and self.transport is not None and not self.transport.is_closing():
             out = self._out
             self._out = []
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
+    def _busy(self) -> bool:
+        in_flight = self.dispatcher.in_flight if self.dispatcher else 0
+        session_busy = self.session is not None and self.session.busy
+        return self._writing_paused or in_flight >= self.server.limits.max_in_flight or session_busy
+
     def _update_reading(self) -> None:
         if self.transport is None or self._closing:
             return
-        in_flight = self.dispatcher.in_flight if self.dispatcher else 0
-        busy = self._writing_paused or in_flight >= self.server.limits.max_in_flight
+        busy = self._busy()
+        if self.session is not None and self.session.started:
+            # The transport keeps reading, or pings would go unheard and a busy link would
+            # look dead; URBs wait in the buffer instead, and are acknowledged only once taken.
+            if not busy and self.conn.buffered and not self._process_scheduled:
+                self._process_scheduled = True
+                asyncio.get_running_loop().call_soon(self._process_buffered)
+            return
         if busy and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
@@ -285,6 +409,11 @@ class UsbipProtocol(asyncio.Protocol):
             if self._liveness is not None:
                 self._liveness.cancel()
                 self._liveness = None
+
+    def _process_buffered(self) -> None:
+        self._process_scheduled = False
+        if not self._closing:
+            self._process()
 
     def _schedule_liveness_check(self) -> None:
         # A transport that does not read does not notice the peer leaving either, and the
@@ -304,6 +433,8 @@ class UsbipProtocol(asyncio.Protocol):
     def _close(self, reason: str | None) -> None:
         if reason:
             log.info("%s: %s", self.peer, reason)
+        if self.session is not None:
+            self.session.ending = True
         self._closing = True
         self._flush()
         if self.transport is not None:
@@ -311,6 +442,8 @@ class UsbipProtocol(asyncio.Protocol):
 
     def _abort(self, reason: str) -> None:
         log.warning("%s: %s; closing", self.peer, reason)
+        if self.session is not None:
+            self.session.ending = True
         self._closing = True
         if self.transport is not None:
             self.transport.abort()
@@ -332,10 +465,13 @@ class UsbipProtocol(asyncio.Protocol):
             self.server.registry.release(busid, self)
 
     def status(self) -> dict[str, object]:
+        state = self.conn.state.value if self.conn.state is not State.URB else "importing"
+        if self.session is not None and self.session.suspended:
+            state = "waiting for the client to resume"
         return {
             "peer": self.peer,
             "busid": self.busid,
-            "state": self.conn.state.value if self.conn.state is not State.URB else "importing",
+            "state": state,
             "urbs": self.dispatcher.urbs if self.dispatcher else 0,
             "in_flight": self.dispatcher.in_flight if self.dispatcher else 0,
         }

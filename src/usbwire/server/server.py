@@ -12,9 +12,11 @@ from typing import Any
 
 from usbwire.protocol.connection import DEFAULT_MAX_TRANSFER
 from usbwire.protocol.constants import DEFAULT_PORT
+from usbwire.protocol.session import DEAD_AFTER, DEFAULT_WINDOW
 from usbwire.server.access import AccessPolicy
 from usbwire.server.connection import UsbipProtocol
 from usbwire.server.registry import Registry
+from usbwire.server.session import Sessions
 
 log = logging.getLogger("usbwire.server")
 
@@ -32,6 +34,11 @@ class Limits:
     # never ask for anything are closed. An imported device is never timed out: USB/IP has
     # no keepalive and an unused disk sends no URBs for hours.
     request_timeout: float = 30.0
+    # usbwire's session extension: seconds an import waits for its client to resume after
+    # the link broke (0: sessions are refused and imports end with their connection), and
+    # seconds of silence after which a session's link counts as dead.
+    resume_window: float = DEFAULT_WINDOW
+    liveness_timeout: float = DEAD_AFTER
 
 
 @dataclass(slots=True)
@@ -54,6 +61,7 @@ class Server:
         self._servers: list[asyncio.base_events.Server] = []
         self._connections: set[UsbipProtocol] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        self.sessions = Sessions()
 
     async def start(
         self,
@@ -89,6 +97,8 @@ class Server:
     async def close(self) -> None:
         for server in self._servers:
             server.close()
+        # Imports waiting for a client to resume end now, and no import starts waiting.
+        self.sessions.expire_suspended()
         for connection in list(self._connections):
             if connection.transport is not None:
                 connection.transport.abort()
