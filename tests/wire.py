@@ -24,6 +24,7 @@ from usbwire.protocol import (
     OpReqDevlist,
     OpReqImport,
     OpStatus,
+    State,
     UrbFlag,
 )
 
@@ -68,6 +69,16 @@ class WireClient:
 
     def __post_init__(self) -> None:
         self.sock = connect(self.port, self.host, self.source)
+
+    @classmethod
+    def over(cls, sock: socket.socket, device: DeviceInfo) -> WireClient:
+        """A client for a stream already in the URB phase, such as the kernel's end of a relay."""
+        client = cls.__new__(cls)
+        client.port, client.host, client.source, client.next_seqnum = 0, "", None, 1
+        client.sock, client.device, client.conn = sock, device, ClientConnection()
+        client.conn.state = State.URB
+        sock.settimeout(TIMEOUT)
+        return client
 
     def close(self) -> None:
         self.sock.close()

@@ -94,6 +94,20 @@ def _parser() -> argparse.ArgumentParser:
         help=f"control socket for 'usbwire status' (default {DEFAULT_CONTROL_PATH}; 'none': no socket)",
     )
     serve.add_argument("--max-in-flight", type=int, default=Limits().max_in_flight, help="URBs in flight per client")
+    serve.add_argument(
+        "--resume-window",
+        type=float,
+        default=Limits().resume_window,
+        metavar="SECONDS",
+        help="how long an import waits for a usbwire client to resume after its link broke (0: no sessions)",
+    )
+    serve.add_argument(
+        "--liveness-timeout",
+        type=float,
+        default=Limits().liveness_timeout,
+        metavar="SECONDS",
+        help="silence after which a session's link counts as dead",
+    )
     serve.add_argument("--tls-cert", metavar="PEM", help="serve over TLS 1.3 with this certificate (chain)")
     serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     serve.add_argument("--client-ca", metavar="PEM", help="require client certificates signed by this CA (mTLS)")
@@ -148,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
         "--persist",
         action="store_true",
         help="stay in the foreground and attach again whenever the import ends (Ctrl-C detaches)",
+    )
+    attach.add_argument(
+        "--resume",
+        action="store_true",
+        help="hide short network drops from the kernel by resuming the session (usbwire servers; "
+        "others are attached plainly)",
     )
     _tls_arguments(attach)
     attach.set_defaults(run=_attach)
@@ -267,8 +287,13 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
     if args.control != DEFAULT_CONTROL_PATH or "control_path" not in settings:
         flags["control_path"] = None if args.control == "none" else args.control
     limits = settings.get("limits", Limits())
-    if args.max_in_flight != Limits().max_in_flight:
-        flags["limits"] = dataclasses.replace(limits, max_in_flight=args.max_in_flight)
+    changed = {
+        name: getattr(args, name)
+        for name in ("max_in_flight", "resume_window", "liveness_timeout")
+        if getattr(args, name) != getattr(Limits(), name)
+    }
+    if changed:
+        flags["limits"] = dataclasses.replace(limits, **changed)
     return flags
 
 
@@ -375,7 +400,9 @@ def _mouse(args: argparse.Namespace) -> int:
 def _attach(args: argparse.Namespace) -> int:
     if args.persist:
         return _attach_persistent(args)
-    port = usbwire.vhci_attach(args.remote, args.busid, args.tcp_port, tls=_client_tls(args), token=_token(args))
+    port = usbwire.vhci_attach(
+        args.remote, args.busid, args.tcp_port, tls=_client_tls(args), token=_token(args), resume=args.resume
+    )
     print(f"attached {args.remote}:{args.tcp_port}/{args.busid} on port {port}")
     return 0
 
@@ -387,7 +414,13 @@ def _attach_persistent(args: argparse.Namespace) -> int:
         print(f"{args.remote}:{args.tcp_port}/{args.busid}: {line}", flush=True)
 
     keeper = usbwire.Persistent(
-        args.remote, args.busid, args.tcp_port, tls=_client_tls(args), token=_token(args), report=report
+        args.remote,
+        args.busid,
+        args.tcp_port,
+        tls=_client_tls(args),
+        token=_token(args),
+        resume=args.resume,
+        report=report,
     )
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: keeper.stop.set())

@@ -35,7 +35,7 @@ from usbwire.server.server import Limits
 
 _SERVER_KEYS = {
     "hosts", "port", "export", "backend", "demo", "tls_cert", "tls_key", "client_ca", "user", "max_in_flight",
-    "max_transfer", "max_connections_per_client", "allow", "control",
+    "max_transfer", "max_connections_per_client", "allow", "control", "resume_window", "liveness_timeout",
 }  # fmt: skip
 
 
@@ -65,6 +65,8 @@ def load(path: str | Path) -> dict[str, Any]:
             max_connections_per_client=int(
                 server.get("max_connections_per_client", defaults.max_connections_per_client)
             ),
+            resume_window=float(server.get("resume_window", defaults.resume_window)),
+            liveness_timeout=float(server.get("liveness_timeout", defaults.liveness_timeout)),
         ),
     }
     for key in ("port", "backend", "demo", "tls_cert", "tls_key", "client_ca", "user"):

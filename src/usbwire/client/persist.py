@@ -35,6 +35,7 @@ class Persistent:
     tcp_port: int = DEFAULT_PORT
     tls: ssl.SSLContext | None = None
     token: str | None = None
+    resume: bool = False  # resumable sessions: short drops never reach the kernel
     vhci: Vhci | None = None
     report: Callable[[str], None] = lambda line: None
 
@@ -67,7 +68,9 @@ class Persistent:
         try:
             while not self.stop.is_set():
                 try:
-                    self.port = attach(self.host, self.busid, self.tcp_port, self.vhci, self.tls, self.token)
+                    self.port = attach(
+                        self.host, self.busid, self.tcp_port, self.vhci, self.tls, self.token, self.resume
+                    )
                 except ImportRefused as refused:
                     waiting = refused.status in (OpStatus.NODEV, OpStatus.DEV_BUSY)
                     self._set("waiting for device" if waiting else "reconnecting", str(refused))

@@ -1,0 +1,269 @@
+"""Resumable sessions end to end on loopback: a real server, the client's relay, a breakable path.
+
+The test plays the kernel on the relay's local end of a socketpair, in plain USB/IP, and
+breaks the TCP path between relay and server in the ways networks break: a cut, a silent
+black hole, a frozen peer (SIGSTOP). The kernel's end must see only a delay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import RunningServer, running_server, wait_released, wait_until
+from tests.netcut import CuttablePath
+from tests.wire import WireClient
+from usbwire import Limits
+from usbwire.client.handshake import connect, read_exactly
+from usbwire.client.session import RESUME_REPLY_SIZE, SessionRelay, Ticket, import_resumable
+from usbwire.client.vhci import start_relay
+from usbwire.protocol import ClientConnection, Direction, OpStatus, RetSubmit
+from usbwire.protocol.pdu import OpRepResume, OpReqResume
+from usbwire.server.connection import UsbipProtocol
+
+LOOPBACK = "1-1"
+SET_CONFIGURATION = 9
+FAST = Limits(resume_window=10.0, liveness_timeout=1.0)
+
+
+@dataclass
+class Session:
+    client: WireClient  # the kernel's side
+    relay: SessionRelay
+    ticket: Ticket
+    thread: threading.Thread | None = None
+    pid: int | None = None
+
+
+@contextlib.contextmanager
+def resumable(port: int, *, dead_after: float = 1.0, forked: bool = False) -> Iterator[Session]:
+    """Import the loopback device in a session through 127.0.0.1:``port``, relayed to a socketpair."""
+    sock, device, ticket = import_resumable("127.0.0.1", LOOPBACK, port)
+    assert ticket is not None
+    kernel_end, relay_end = socket.socketpair()
+    reconnect = functools.partial(connect, "127.0.0.1", port, tls=None, token=None)
+    relay = SessionRelay(sock, relay_end, ticket, reconnect, dead_after=dead_after)
+    session = Session(WireClient.over(kernel_end, device), relay, ticket)
+    if forked:
+        session.pid = start_relay(relay.run, sock, relay_end)
+    else:
+        session.thread = threading.Thread(target=relay.run, name="session-relay", daemon=True)
+        session.thread.start()
+    configure(session.client)
+    try:
+        yield session
+    finally:
+        kernel_end.close()
+        if session.thread is not None:
+            session.thread.join(10)
+        if session.pid is not None:
+            os.kill(session.pid, signal.SIGKILL)
+            os.waitpid(session.pid, 0)
+
+
+def holder(running: RunningServer, busid: str = LOOPBACK) -> UsbipProtocol | None:
+    return running.call(lambda: running.server.registry.holder(busid))  # type: ignore[return-value]
+
+
+def suspended(running: RunningServer) -> bool:
+    def check() -> bool:
+        owner = running.server.registry.holder(LOOPBACK)
+        return isinstance(owner, UsbipProtocol) and owner.session is not None and owner.session.suspended
+
+    return running.call(check)
+
+
+def configure(client: WireClient) -> None:
+    seqnum = client.control_out(0x00, SET_CONFIGURATION, 1, 0)
+    assert answers(client, 1)[seqnum].status == 0
+
+
+def round_trip(client: WireClient, payload: bytes) -> None:
+    """Bulk OUT then IN on the loopback device: the bytes come back."""
+    out = client.submit(ep=1, direction=Direction.OUT, data=payload)
+    into = client.submit(ep=1, direction=Direction.IN, length=len(payload))
+    replies = answers(client, 2)
+    assert replies[out].status == 0 and replies[into].data == payload
+
+
+def answers(client: WireClient, count: int) -> dict[int, RetSubmit]:
+    replies: dict[int, RetSubmit] = {}
+    while len(replies) < count:
+        event = client.read_event()
+        assert isinstance(event, RetSubmit), event
+        replies[event.seqnum] = event
+    return replies
+
+
+def test_a_cut_path_is_resumed_and_a_pending_urb_completes_after_it() -> None:
+    with running_server(FAST) as running, CuttablePath(running.port) as path, resumable(path.port) as session:
+        client = session.client
+        round_trip(client, b"before the cut")
+        pending = client.submit(ep=1, direction=Direction.IN, length=64)  # waits on the device
+        owner = holder(running)
+
+        path.cut(refuse_for=1.0)
+        # Queued by the "kernel" while the path is down: it waits in the socketpair.
+        out = client.submit(ep=1, direction=Direction.OUT, data=b"during the outage")
+        replies = answers(client, 2)
+
+        assert replies[pending].data == b"during the outage" and replies[out].status == 0
+        assert session.relay.resumptions == 1 and path.connections == 2
+        assert holder(running) is owner  # the same import, never released
+        round_trip(client, b"after")
+
+
+def test_replies_lost_in_a_black_hole_are_sent_again() -> None:
+    with running_server(FAST) as running, CuttablePath(running.port) as path, resumable(path.port) as session:
+        client = session.client
+        round_trip(client, b"warm up")
+        path.swallow(True, replies_only=True)
+        out = client.submit(ep=1, direction=Direction.OUT, data=b"x" * 1000)
+        into = client.submit(ep=1, direction=Direction.IN, length=1000)
+        wait_until(lambda: holder(running).status()["urbs"] == 5, "the server to answer into the hole")  # type: ignore[union-attr]
+        received = session.relay.stream.received
+
+        path.cut()
+        path.swallow(False)
+        replies = answers(client, 2)
+
+        assert replies[out].status == 0 and replies[into].data == b"x" * 1000
+        assert session.relay.stream.received > received  # they came again, on the new connection
+        assert session.relay.resumptions == 1
+
+
+def test_a_silent_path_is_noticed_by_both_sides_within_the_liveness_timeout() -> None:
+    with running_server(FAST) as running, CuttablePath(running.port) as path, resumable(path.port) as session:
+        round_trip(session.client, b"alive")
+        path.swallow(True)  # half-open both ways: no FIN, no RST, just silence
+        began = time.monotonic()
+        wait_until(lambda: suspended(running), "the server to notice the silence", timeout_s=5)
+        server_noticed = time.monotonic() - began
+        wait_until(lambda: path.connections > 1, "the relay to reconnect", timeout_s=5)
+        relay_noticed = time.monotonic() - began
+
+        assert server_noticed < FAST.liveness_timeout + 1.5
+        assert relay_noticed < 1.0 + 1.5
+        path.swallow(False)
+        wait_until(lambda: session.relay.resumptions == 1, "the resumption", timeout_s=10)
+        round_trip(session.client, b"again")
+
+
+def test_a_frozen_client_is_released_once_the_window_has_passed() -> None:
+    limits = Limits(resume_window=2.0, liveness_timeout=1.0)
+    with running_server(limits) as running, resumable(running.port, forked=True) as session:
+        round_trip(session.client, b"alive")
+        assert session.pid is not None
+        os.kill(session.pid, signal.SIGSTOP)
+        began = time.monotonic()
+        wait_until(lambda: suspended(running), "the server to notice the frozen client", timeout_s=5)
+        noticed = time.monotonic() - began
+        wait_released(running, LOOPBACK, timeout_s=10)
+        released = time.monotonic() - began
+
+        assert noticed < limits.liveness_timeout + 1.5
+        assert limits.resume_window <= released < limits.liveness_timeout + limits.resume_window + 1.5
+        with WireClient(running.port) as other:
+            assert other.import_(LOOPBACK).status == OpStatus.OK
+
+
+def test_a_client_frozen_for_less_than_the_window_goes_on_where_it_stopped() -> None:
+    with running_server(FAST) as running, resumable(running.port, forked=True) as session:
+        round_trip(session.client, b"alive")
+        owner = holder(running)
+        pending = session.client.submit(ep=1, direction=Direction.IN, length=16)
+        assert session.pid is not None
+        os.kill(session.pid, signal.SIGSTOP)
+        wait_until(lambda: suspended(running), "the server to notice the frozen client", timeout_s=5)
+        os.kill(session.pid, signal.SIGCONT)
+
+        out = session.client.submit(ep=1, direction=Direction.OUT, data=b"thawed")
+        replies = answers(session.client, 2)
+        assert replies[pending].data == b"thawed" and replies[out].status == 0
+        assert holder(running) is owner
+
+
+def test_a_detach_ends_the_session_without_waiting_for_the_window() -> None:
+    with running_server(FAST) as running, resumable(running.port) as session:
+        round_trip(session.client, b"bye")
+        session.client.close()  # what vhci does on detach
+        began = time.monotonic()
+        wait_released(running, LOOPBACK, timeout_s=5)
+        assert time.monotonic() - began < 1.0
+
+
+def test_a_frozen_server_is_noticed_and_the_kernel_end_closed_after_the_window() -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "usbwire", "serve", "--host", "127.0.0.1", "--port", "0", "--demo",
+         "--control", "none", "--resume-window", "2", "--liveness-timeout", "1"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stderr is not None
+        port = 0
+        for line in server.stderr:
+            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                port = int(match.group(1))
+                break
+        assert port
+        with resumable(port) as session:
+            assert session.ticket.window == 2.0
+            round_trip(session.client, b"alive")
+            server.send_signal(signal.SIGSTOP)
+            began = time.monotonic()
+            session.client.sock.settimeout(15)
+            assert session.client.sock.recv(1) == b""  # the relay let go of the kernel's end
+            elapsed = time.monotonic() - began
+            # Noticed after about a second of silence, then the window of resumption attempts.
+            assert 2.0 <= elapsed < 1.0 + 2.0 + 2.0
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_server_without_sessions_gets_a_plain_import() -> None:
+    with running_server(Limits(resume_window=0)) as running:
+        sock, device, ticket = import_resumable("127.0.0.1", LOOPBACK, running.port)
+        assert ticket is None
+        with WireClient.over(sock, device) as client:
+            configure(client)
+            round_trip(client, b"plain USB/IP")
+
+
+@pytest.mark.parametrize("wrong", ["id", "secret"])
+def test_a_resumption_with_a_wrong_ticket_is_refused(wrong: str) -> None:
+    with running_server(FAST) as running, resumable(running.port) as session:
+        ticket = session.ticket
+        session_id = bytes(16) if wrong == "id" else ticket.session_id
+        secret = bytes(32) if wrong == "secret" else ticket.secret
+        sock, conn = connect("127.0.0.1", running.port, 5.0, None, None)
+        with sock:
+            sock.sendall(conn.send(OpReqResume(session_id=session_id, secret=secret, received=0)))
+            conn.receive_data(read_exactly(sock, RESUME_REPLY_SIZE))
+            reply = conn.next_event()
+            assert isinstance(reply, OpRepResume) and reply.status == OpStatus.NODEV
+            assert sock.recv(1) == b""
+        round_trip(session.client, b"the real session is untouched")
+
+
+def test_a_client_connection_is_typed_through_the_session_ops() -> None:
+    # The resume exchange ends the USB/IP state machine on that connection: the stream goes on
+    # in the session's frames, which a ClientConnection must not try to parse.
+    conn = ClientConnection()
+    conn.send(OpReqResume(session_id=bytes(16), secret=bytes(32), received=5))
+    conn.receive_data(bytes.fromhex("0111 00a4 00000000") + (7).to_bytes(8, "big"))
+    assert conn.next_event() == OpRepResume(status=OpStatus.OK, received=7)
+    assert conn.state.name == "DONE"
