@@ -267,3 +267,13 @@ def test_a_client_connection_is_typed_through_the_session_ops() -> None:
     conn.receive_data(bytes.fromhex("0111 00a4 00000000") + (7).to_bytes(8, "big"))
     assert conn.next_event() == OpRepResume(status=OpStatus.OK, received=7)
     assert conn.state.name == "DONE"
+
+
+def test_an_idle_session_lives_on_its_pings() -> None:
+    with running_server(FAST) as running, CuttablePath(running.port) as path, resumable(path.port) as session:
+        owner = holder(running)
+        # Several ping periods with no URB: only pings, pongs and acknowledgements cross.
+        wait_until(lambda: session.relay.pings >= 3, "three pings from the relay", timeout_s=10)
+        round_trip(session.client, b"still here")
+        assert path.connections == 1 and session.relay.resumptions == 0
+        assert holder(running) is owner

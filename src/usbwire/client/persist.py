@@ -25,7 +25,8 @@ from usbwire.protocol.constants import DEFAULT_PORT, OpStatus
 log = logging.getLogger("usbwire.client")
 
 CHECK_PERIOD = 1.0
-BACKOFF = (0.5, 1.0, 2.0, 4.0)
+# Capped low: a connection attempt is cheap, and a device should be back soon after its path.
+BACKOFF = (0.5, 1.0, 2.0)
 
 
 @dataclass

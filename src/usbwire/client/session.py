@@ -27,7 +27,7 @@ from usbwire.protocol.session import (
     ACK_EVERY,
     DEAD_AFTER,
     MAX_BACKLOG,
-    PING_PERIOD,
+    PINGS_PER_DEADLINE,
     Ack,
     Data,
     End,
@@ -118,6 +118,7 @@ class SessionRelay:
         self.dead_after = dead_after
         self.stream = Stream()
         self.resumptions = 0
+        self.pings = 0  # sent, over every connection
         self._acked_to_peer = 0
 
     def run(self) -> None:
@@ -147,8 +148,7 @@ class SessionRelay:
         selector.register(network, selectors.EVENT_READ)
         reading_local = False
         last_heard = time.monotonic()
-        next_ping = last_heard + PING_PERIOD
-        token = 0
+        next_ping = last_heard + self.dead_after / PINGS_PER_DEADLINE
         try:
             while True:
                 want_local = self.stream.backlog <= MAX_BACKLOG
@@ -179,9 +179,9 @@ class SessionRelay:
                 if now >= next_ping:
                     if now - last_heard > self.dead_after:
                         raise LinkBroken(f"no word from the server for {now - last_heard:.1f} s")
-                    token += 1
-                    self._send(encode(Ping(token)) + self._ack(force=True))
-                    next_ping = now + PING_PERIOD
+                    self.pings += 1
+                    self._send(encode(Ping(self.pings)) + self._ack(force=True))
+                    next_ping = now + self.dead_after / PINGS_PER_DEADLINE
         finally:
             selector.close()
 

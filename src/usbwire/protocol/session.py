@@ -37,10 +37,11 @@ MAX_FRAME = 1024 * 1024
 MAX_BACKLOG = 8 * 1024 * 1024
 # Received bytes that make an acknowledgement due before the next ping.
 ACK_EVERY = 256 * 1024
-# Seconds between pings, and of silence after which the connection counts as dead. Each
-# side pings, so a frozen or vanished peer is noticed even when no URB is in flight.
-PING_PERIOD = 1.0
+# Seconds of silence after which a connection counts as dead. Each side pings four times
+# in that span and the peer answers each ping at once, so a live link is never silent for
+# long, and a frozen or vanished peer is noticed even when no URB is in flight.
 DEAD_AFTER = 5.0
+PINGS_PER_DEADLINE = 4
 # The longest outage a server hides by default: in-flight URBs wait this long for the client.
 DEFAULT_WINDOW = 30.0
 

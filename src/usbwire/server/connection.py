@@ -111,9 +111,12 @@ class UsbipProtocol(asyncio.Protocol):
                 self.server.stats.protocol_errors += 1
                 self._abort(f"session protocol error: {error}")
                 return
-            if session.ended_by_peer:
+            if data:
                 self.conn.receive_data(data)
-                data = b""  # the stream ends here: the USB/IP side sees a clean close
+            if session.ended_by_peer:
+                self.conn.receive_data(b"")  # the stream ends here: the USB/IP side sees a clean close
+            self._process()
+            return
         self.conn.receive_data(data)
         self._process()
 

@@ -18,7 +18,18 @@ import time
 from collections.abc import Callable, Iterator
 
 from usbwire.protocol.constants import SESSION_ID_SIZE, SESSION_SECRET_SIZE
-from usbwire.protocol.session import ACK_EVERY, MAX_BACKLOG, PING_PERIOD, Ack, Data, End, Ping, Pong, Stream, encode
+from usbwire.protocol.session import (
+    ACK_EVERY,
+    MAX_BACKLOG,
+    PINGS_PER_DEADLINE,
+    Ack,
+    Data,
+    End,
+    Ping,
+    Pong,
+    Stream,
+    encode,
+)
 
 log = logging.getLogger("usbwire.server")
 
@@ -141,7 +152,7 @@ class ServerSession:
     def _link(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self._last_heard = time.monotonic()
-        self._ping = asyncio.get_running_loop().call_later(PING_PERIOD, self._tick)
+        self._ping = asyncio.get_running_loop().call_later(self.dead_after / PINGS_PER_DEADLINE, self._tick)
 
     def _tick(self) -> None:
         self._ping = None
@@ -155,7 +166,7 @@ class ServerSession:
         self._token += 1
         self._write(encode(Ping(self._token)))
         self.acknowledge(force=True)
-        self._ping = asyncio.get_running_loop().call_later(PING_PERIOD, self._tick)
+        self._ping = asyncio.get_running_loop().call_later(self.dead_after / PINGS_PER_DEADLINE, self._tick)
 
     def _write(self, frame: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
