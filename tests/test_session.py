@@ -10,20 +10,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import RunningServer, running_server, wait_released, wait_until
 from tests.netcut import CuttablePath
+from tests.processes import serve_process
 from tests.wire import WireClient
 from usbwire import Limits
 from usbwire.client.handshake import connect, read_exactly
@@ -204,34 +203,18 @@ def test_a_detach_ends_the_session_without_waiting_for_the_window() -> None:
         assert time.monotonic() - began < 1.0
 
 
-def test_a_frozen_server_is_noticed_and_the_kernel_end_closed_after_the_window() -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "usbwire", "serve", "--host", "127.0.0.1", "--port", "0", "--demo",
-         "--control", "none", "--resume-window", "2", "--liveness-timeout", "1"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert server.stderr is not None
-        port = 0
-        for line in server.stderr:
-            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-                port = int(match.group(1))
-                break
-        assert port
-        with resumable(port) as session:
-            assert session.ticket.window == 2.0
-            round_trip(session.client, b"alive")
-            server.send_signal(signal.SIGSTOP)
-            began = time.monotonic()
-            session.client.sock.settimeout(15)
-            assert session.client.sock.recv(1) == b""  # the relay let go of the kernel's end
-            elapsed = time.monotonic() - began
-            # Noticed after about a second of silence, then the window of resumption attempts.
-            assert 2.0 <= elapsed < 1.0 + 2.0 + 2.0
-    finally:
-        server.send_signal(signal.SIGCONT)
-        server.terminate()
-        server.wait(10)
+def test_a_frozen_server_is_noticed_and_the_kernel_end_closed_after_the_window(tmp_path: Path) -> None:
+    flags = ("--resume-window", "2", "--liveness-timeout", "1")
+    with serve_process(tmp_path / "serve.log", *flags) as server, resumable(server.port) as session:
+        assert session.ticket.window == 2.0
+        round_trip(session.client, b"alive")
+        server.freeze()
+        began = time.monotonic()
+        session.client.sock.settimeout(15)
+        assert session.client.sock.recv(1) == b""  # the relay let go of the kernel's end
+        elapsed = time.monotonic() - began
+        # Noticed after about a second of silence, then the window of resumption attempts.
+        assert 2.0 <= elapsed < 1.0 + 2.0 + 2.0
 
 
 def test_a_server_without_sessions_gets_a_plain_import() -> None:
