@@ -12,6 +12,7 @@ import functools
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -19,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.conftest import RunningServer, running_server, wait_released, wait_until
 from tests.netcut import CuttablePath
 from tests.processes import serve_process
 from tests.wire import WireClient
-from usbwire import Limits
+from usbwire import Limits, client_tls_context, server_tls_context
 from usbwire.client.handshake import connect, read_exactly
 from usbwire.client.session import RESUME_REPLY_SIZE, SessionRelay, Ticket, import_resumable
 from usbwire.client.vhci import start_relay
@@ -47,12 +49,14 @@ class Session:
 
 
 @contextlib.contextmanager
-def resumable(port: int, *, dead_after: float = 1.0, forked: bool = False) -> Iterator[Session]:
+def resumable(
+    port: int, *, dead_after: float = 1.0, forked: bool = False, tls: ssl.SSLContext | None = None
+) -> Iterator[Session]:
     """Import the loopback device in a session through 127.0.0.1:``port``, relayed to a socketpair."""
-    sock, device, ticket = import_resumable("127.0.0.1", LOOPBACK, port)
+    sock, device, ticket = import_resumable("127.0.0.1", LOOPBACK, port, tls=tls)
     assert ticket is not None
     kernel_end, relay_end = socket.socketpair()
-    reconnect = functools.partial(connect, "127.0.0.1", port, tls=None, token=None)
+    reconnect = functools.partial(connect, "127.0.0.1", port, tls=tls, token=None)
     relay = SessionRelay(sock, relay_end, ticket, reconnect, dead_after=dead_after)
     session = Session(WireClient.over(kernel_end, device), relay, ticket)
     if forked:
@@ -260,3 +264,33 @@ def test_an_idle_session_lives_on_its_pings() -> None:
         round_trip(session.client, b"still here")
         assert path.connections == 1 and session.relay.resumptions == 0
         assert holder(running) is owner
+
+
+def test_a_device_unexported_while_its_client_is_away_ends_the_session() -> None:
+    with running_server(FAST) as running, CuttablePath(running.port) as path, resumable(path.port) as session:
+        round_trip(session.client, b"alive")
+        path.cut(refuse_for=30)
+        wait_until(lambda: suspended(running), "the server to hold the import")
+        running.call(lambda: running.server.registry.remove(LOOPBACK))
+        assert running.call(lambda: list(running.server.sessions)) == []
+        path.cut()  # the path is back; the relay learns that the session is gone
+        session.client.sock.settimeout(15)
+        assert session.client.sock.recv(1) == b""
+
+
+def test_a_session_over_tls_survives_a_cut(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server_context = server_tls_context(tmp_path / "server.pem", tmp_path / "server.pem")
+    with (
+        running_server(FAST, ssl=server_context) as running,
+        CuttablePath(running.port) as path,
+        resumable(path.port, tls=client_tls_context(tmp_path / "ca.pem")) as session,
+    ):
+        pending = session.client.submit(ep=1, direction=Direction.IN, length=5)
+        path.cut(refuse_for=0.5)
+        out = session.client.submit(ep=1, direction=Direction.OUT, data=b"again")
+        replies = answers(session.client, 2)
+        assert replies[pending].data == b"again" and replies[out].status == 0
+        assert session.relay.resumptions == 1

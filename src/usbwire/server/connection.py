@@ -353,6 +353,10 @@ class UsbipProtocol(asyncio.Protocol):
 
     def device_removed(self) -> None:
         """The registry dropped our device (unexport, unplug): end the import."""
+        if self.session is not None and self.session.suspended:
+            self.session.ending = True
+            self._end(RuntimeError("device removed while waiting for the client to resume"))
+            return
         if self.transport is not None and not self.transport.is_closing():
             self._abort("device removed")
 
