@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import struct
@@ -145,6 +146,24 @@ def test_usbwire_attach_imports_the_guests_own_kernel_export(guest_exports: Gues
         code, out, err = usbwire_in_guest(vm, f"detach -p {port}")
     assert code == 0, err
     assert f"Port {port:02d}" not in vm.chroot_run("usbip port").out
+
+
+def test_attach_resume_against_the_kernels_usbipd_falls_back_to_a_plain_import(guest_exports: GuestExports) -> None:
+    # usbipd drops a connection that sends an op code it does not know (the session request)
+    # before touching any device; the import is then made plainly on a new connection.
+    vm = guest_exports.vm
+    code, out, err = usbwire_in_guest(vm, f"attach -v --resume -r 127.0.0.1 -b {guest_exports.storage_busid}")
+    assert code == 0, err
+    assert "does not offer resumable sessions" in err
+    port = int(out.rsplit("port ", 1)[1])
+    try:
+        # Plain: the kernel holds the TCP socket itself, no relay process was left behind.
+        assert vm.chroot_run("pgrep -f 'usbwire attach'").code == 1
+        (row,) = json.loads(usbwire_in_guest(vm, "port --json")[1])
+        assert head_digest(vm, block_device(vm, row["local_busid"])) == hashlib.sha256(guest_exports.known).hexdigest()
+    finally:
+        code, out, err = usbwire_in_guest(vm, f"detach -p {port}")
+    assert code == 0, err
 
 
 @pytest.fixture
