@@ -4,6 +4,9 @@ The loop attaches, watches the vhci port once a second, and when the import ends
 cut, server restart, device unplugged on the server) attaches again with a capped backoff.
 Its state is written next to ``usbip``'s own port files so ``usbwire port`` can show it:
 attached, reconnecting, or waiting for the device to come back.
+
+With ``resume`` each import is a resumable session (client/session.py): short drops are
+hidden by the relay and never end the import, so this loop only acts on longer outages.
 """
 
 from __future__ import annotations
