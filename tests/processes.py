@@ -27,12 +27,12 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def serve_process(log: Path, *args: str) -> Iterator[ServeProcess]:
-    """``usbwire serve --demo`` on an ephemeral 127.0.0.1 port, with ``args``; its log goes to
+def serve_process(log: Path, *args: str, port: int = 0) -> Iterator[ServeProcess]:
+    """``usbwire serve --demo`` on 127.0.0.1 (``port``, 0: any), with ``args``; its log goes to
     ``log`` (a pipe nobody reads would fill and block the server)."""
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "usbwire", "serve", "--host", "127.0.0.1", "--port", "0", "--demo",
+            [sys.executable, "-m", "usbwire", "serve", "--host", "127.0.0.1", "--port", str(port), "--demo",
              "--control", "none", *args],
             stderr=sink,
         )  # fmt: skip

@@ -159,6 +159,15 @@ def test_a_frozen_guest_relay_is_released_and_a_frozen_server_is_noticed(lab: La
         )
         server.thaw()
         vm.wait_for_usb(*LOOPBACK_IDS, timeout_s=30)  # and it comes back by itself
+
+        # Killed and started again, the server knows no session: the relay gives up (refused,
+        # or its window passed first), and the persistent client imports afresh.
+        server.process.kill()
+        server.process.wait(10)
+        vm.wait_for_usb(*LOOPBACK_IDS, present=False, timeout_s=15)
+        with serve_process(tmp_path / "again.log", *flags, port=port):
+            vm.wait_for_usb(*LOOPBACK_IDS, timeout_s=30)
+            assert "usbip://" in vm.chroot_run("usbip port", check=True).out
         keeper.kill()
 
 
