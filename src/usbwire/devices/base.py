@@ -7,8 +7,9 @@ PDU, so it can be driven by a plain ``asyncio.run`` in a test.
 
 from __future__ import annotations
 
+import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from usbwire.devices.descriptors import (
     Configuration,
@@ -18,9 +19,11 @@ from usbwire.devices.descriptors import (
     Endpoint,
     Interface,
 )
+from usbwire.devices.iso import IsoClock, IsoCompletion, service_interval, wait_until
 from usbwire.devices.requests import Feature, Recipient, RequestType, Setup, StandardRequest
 from usbwire.errors import Stall
 from usbwire.protocol.constants import Direction, Speed, TransferType
+from usbwire.protocol.pdu import IsoPacket
 
 
 class Device:
@@ -36,6 +39,7 @@ class Device:
         self.halted: set[int] = set()
         self.remote_wakeup = False
         self._endpoints: dict[int, Endpoint] = {}
+        self._iso_clocks: dict[int, IsoClock] = {}
 
     # -- state -------------------------------------------------------------------------------
 
@@ -54,6 +58,8 @@ class Device:
 
     def _rebuild_endpoints(self) -> None:
         self._endpoints = {}
+        # A new alternate setting is a new stream: its schedule starts afresh.
+        self._iso_clocks = {}
         if self.configuration is None:
             return
         for number in self.configuration.interface_numbers:
@@ -115,6 +121,40 @@ class Device:
             return b""
         return await self.handle_in(endpoint, length)
 
+    async def isochronous(self, endpoint: Endpoint, data: bytes, packets: Sequence[IsoPacket]) -> IsoCompletion:
+        """An iso transfer, paced like the bus: it completes when its packets' slots have passed.
+
+        OUT hands each packet's bytes to :meth:`iso_out` at once; IN asks :meth:`iso_in` for the
+        packets when their slots are over, as a device fills them during those (micro)frames.
+        """
+        if endpoint.address in self.halted:
+            raise Stall(f"endpoint 0x{endpoint.address:02x} is halted")
+        clock = self._iso_clocks.get(endpoint.address)
+        if clock is None:
+            clock = self._iso_clocks[endpoint.address] = IsoClock(service_interval(endpoint, self.speed))
+        slot = clock.reserve(len(packets), asyncio.get_running_loop().time())
+        try:
+            if endpoint.direction == Direction.OUT:
+                await self.iso_out(endpoint, [data[p.offset : p.offset + p.length] for p in packets])
+                await wait_until(slot.deadline)
+                done = tuple(IsoPacket(p.offset, p.length, p.length) for p in packets)
+                return IsoCompletion(slot.start_frame, done)
+            await wait_until(slot.deadline)
+            produced = await self.iso_in(endpoint, [p.length for p in packets])
+        except asyncio.CancelledError:
+            clock.restart()
+            raise
+        results = []
+        chunks = []
+        for packet, payload in zip(packets, produced, strict=True):
+            if isinstance(payload, int):
+                results.append(IsoPacket(packet.offset, packet.length, 0, payload))
+                continue
+            kept = payload[: packet.length]
+            chunks.append(kept)
+            results.append(IsoPacket(packet.offset, packet.length, len(kept)))
+        return IsoCompletion(slot.start_frame, tuple(results), b"".join(chunks))
+
     # -- hooks for subclasses ---------------------------------------------------------------
 
     async def class_request(self, setup: Setup, data: bytes) -> bytes | None:
@@ -130,6 +170,15 @@ class Device:
 
     async def handle_in(self, endpoint: Endpoint, length: int) -> bytes:
         raise Stall(f"endpoint 0x{endpoint.address:02x} has no data")
+
+    async def iso_in(self, endpoint: Endpoint, lengths: Sequence[int]) -> Sequence[bytes | int]:
+        """One payload per requested packet (at most its length), or a negative errno for a
+        packet the device failed (reported in that packet's status, the URB goes on)."""
+        raise Stall(f"endpoint 0x{endpoint.address:02x} streams nothing")
+
+    async def iso_out(self, endpoint: Endpoint, packets: Sequence[bytes]) -> None:
+        """Each packet's bytes, in bus order."""
+        raise Stall(f"endpoint 0x{endpoint.address:02x} takes no stream")
 
     def on_configuration(self, configuration: Configuration | None) -> None:
         """Called after SET_CONFIGURATION."""
