@@ -24,7 +24,7 @@ from usbwire.errors import (
 from usbwire.protocol import DEFAULT_PORT, DeviceInfo, OpStatus, Speed
 from usbwire.server import DEFAULT_CONTROL_PATH, ControlServer, Limits, Registry, Server
 from usbwire.server import request as control_request
-from usbwire.service import ServeOptions, run, serve
+from usbwire.service import AudioOptions, ServeOptions, run, serve
 from usbwire.tls import TlsConfigError
 from usbwire.tls import client_context as client_tls_context
 from usbwire.tls import server_context as server_tls_context
@@ -38,6 +38,7 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "DEFAULT_CONTROL_PATH",
     "DEFAULT_PORT",
+    "AudioOptions",
     "AuthenticationFailed",
     "BindError",
     "ControlError",

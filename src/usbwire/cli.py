@@ -16,6 +16,7 @@ import usbwire
 from usbwire import (
     DEFAULT_CONTROL_PATH,
     DEFAULT_PORT,
+    AudioOptions,
     DeviceInfo,
     Limits,
     ServeOptions,
@@ -104,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "asyncio", "uvloop"],
         default="auto",
         help="event loop (auto: uvloop when installed, it is faster)",
+    )
+    audio = serve.add_argument_group("emulated headset (USB Audio: speaker and microphone, 48 kHz 16-bit stereo)")
+    audio.add_argument("--audio", action="store_true", help="also export the headset (busid 1-6 when free)")
+    source = audio.add_mutually_exclusive_group()
+    source.add_argument("--mic-tone", type=int, metavar="HZ", help="the microphone plays a sine tone (default 1000)")
+    source.add_argument("--mic-wav", metavar="FILE", help="the microphone plays a 16-bit WAV file, round and round")
+    audio.add_argument(
+        "--speaker-out",
+        metavar="PATH",
+        help="write what clients play to the speaker to PATH: WAV, or raw s16le stereo if PATH ends in .raw",
     )
     serve.set_defaults(run=_serve)
 
@@ -266,6 +277,10 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
             flags[name] = getattr(args, name)
     if args.control != DEFAULT_CONTROL_PATH or "control_path" not in settings:
         flags["control_path"] = None if args.control == "none" else args.control
+    if (args.mic_tone is not None or args.mic_wav or args.speaker_out) and not args.audio:
+        raise UsbwireError("--mic-tone, --mic-wav and --speaker-out describe the headset: add --audio")
+    if args.audio:
+        flags["audio"] = AudioOptions(args.mic_tone, args.mic_wav, args.speaker_out)
     limits = settings.get("limits", Limits())
     if args.max_in_flight != Limits().max_in_flight:
         flags["limits"] = dataclasses.replace(limits, max_in_flight=args.max_in_flight)

@@ -11,6 +11,7 @@ from usbwire.devices.cdc import Serial
 from usbwire.devices.hid import Button, Keyboard, Mouse
 from usbwire.devices.loopback import Loopback
 from usbwire.devices.msc import scratch_disk
+from usbwire.devices.uac import Headset
 from usbwire.errors import ControlError
 from usbwire.server.control import ControlServer
 from usbwire.server.registry import Registry
@@ -22,6 +23,7 @@ DEVICE_KINDS: dict[str, tuple[Callable[[], Device], str]] = {
     "keyboard": (Keyboard, "HID boot keyboard"),
     "mouse": (Mouse, "HID boot mouse"),
     "serial": (Serial, "CDC-ACM serial port"),
+    "headset": (Headset, "USB Audio speaker and microphone (a 1 kHz test tone)"),
 }
 # Order fixes the busids (1-1, 1-2, ...): never reorder, only append.
 DEMO_SET = ("loopback", "keyboard", "mouse", "serial", "disk")
@@ -45,13 +47,7 @@ def add_export_command(control: ControlServer, registry: Registry) -> None:
         busid = str(params.get("busid") or _free_busid(registry))
         if busid in registry:
             raise ControlError(f"busid {busid} is already exported")
-        busnum, _, devnum = busid.partition("-")
-        device = EmulatedExport(
-            DEVICE_KINDS[kind][0](),
-            busid=busid,
-            busnum=int(busnum) if busnum.isdigit() else 1,
-            devnum=int(devnum) + 1 if devnum.isdigit() else 2,
-        )
+        device = EmulatedExport(DEVICE_KINDS[kind][0](), *_position(busid))
         registry.add(device)
         return {"busid": busid, "device": kind}
 
@@ -100,6 +96,16 @@ def _mover(registry: Registry) -> Callable[[dict[str, Any]], Any]:
         return {"reports": reports}
 
     return move
+
+
+def free_position(registry: Registry, preferred: str) -> tuple[str, int, int]:
+    """``preferred`` (busid, busnum, devnum) when it is free, else the next free 1-N."""
+    return _position(preferred if preferred not in registry else _free_busid(registry))
+
+
+def _position(busid: str) -> tuple[str, int, int]:
+    busnum, _, devnum = busid.partition("-")
+    return busid, int(busnum) if busnum.isdigit() else 1, int(devnum) + 1 if devnum.isdigit() else 2
 
 
 def _free_busid(registry: Registry) -> str:

@@ -15,6 +15,7 @@ from usbwire import demo, tls
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.cdc import Serial
 from usbwire.devices.cdc.pty import PtyBridge
+from usbwire.devices.uac import Headset, ToneSource, WavSource, open_sink
 from usbwire.errors import UsbwireError
 from usbwire.exports import ExportRules, RealDevices
 from usbwire.protocol.constants import DEFAULT_PORT
@@ -23,7 +24,28 @@ from usbwire.server.control import DEFAULT_CONTROL_PATH, ControlServer
 from usbwire.server.server import Limits, Server
 
 log = logging.getLogger("usbwire")
+# After the demo set's 1-1..1-5, so a client finds the headset at the same busid every time.
+AUDIO_BUSID = "1-6"
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioOptions:
+    """The emulated headset: a test tone or a WAV file for its microphone, a file for its speaker."""
+
+    mic_tone: int | None = None
+    mic_wav: str | None = None
+    speaker_out: str | None = None
+
+    DEFAULT_TONE = 1000
+
+    def device(self) -> Headset:
+        if self.mic_tone is not None and self.mic_wav is not None:
+            raise UsbwireError("the microphone plays either a tone or a WAV file, not both")
+        mic = WavSource(self.mic_wav) if self.mic_wav else ToneSource(self.mic_tone or self.DEFAULT_TONE)
+        if self.speaker_out is None:
+            log.info("headset: what the client plays to the speaker is discarded (--speaker-out PATH keeps it)")
+        return Headset(mic=mic, speaker=open_sink(self.speaker_out) if self.speaker_out else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +65,8 @@ class ServeOptions:
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     user: str | None = None
     limits: Limits = field(default_factory=Limits)
+    # Emulated devices served besides the demo set or the real devices.
+    audio: AudioOptions | None = None
 
 
 def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
@@ -67,6 +91,10 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
             log.info("no devices configured: serving the demo devices")
         for export in demo.demo_exports():
             server.registry.add(export)
+    if options.audio is not None:
+        headset = EmulatedExport(options.audio.device(), *demo.free_position(server.registry, AUDIO_BUSID))
+        server.registry.add(headset)
+        log.info("headset (speaker and microphone) at busid %s", headset.busid)
     if real is not None:
         await real.start()
     context = None

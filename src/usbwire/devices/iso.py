@@ -51,7 +51,8 @@ class IsoClock:
         """Book ``packets`` service intervals after the ones already booked (or from now)."""
         start = now if self._next is None or self._next < now else self._next
         self._next = start + packets * self.period
-        frame = math.floor(start / FRAME) & FRAME_NUMBER_MASK
+        # The epsilon keeps a schedule built by adding periods from landing a hair early.
+        frame = math.floor(start / FRAME + 1e-6) & FRAME_NUMBER_MASK
         return Slot(frame, self._next)
 
     def restart(self) -> None:
