@@ -15,8 +15,11 @@ from tests.conftest import RunningServer, start_server, wait_until
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.uac import Headset, ToneSource, WavSink
 
+from . import usbdevices
 from .scenarios import KernelClient, kernel_client
 from .session import Lab
+from .test_passthrough import start_usbwire
+from .usbdevices import QEMU_AUDIO_ID
 
 pytestmark = pytest.mark.lab
 
@@ -104,3 +107,43 @@ def test_what_the_guest_plays_to_the_speaker_lands_in_the_server_side_wav(
     assert tone.peak == pytest.approx(0.25 * 32767, rel=0.02)
     assert tone.continuous(RATE)
     assert "usb_submit_urb" not in dmesg and "cannot submit urb" not in dmesg, dmesg
+
+
+def test_qemus_usb_speaker_passed_through_with_libusb_plays_what_the_importer_sends(lab: Lab, tmp_path: Path) -> None:
+    """The guest shares QEMU's usb-audio with ``usbwire serve --backend libusb`` and imports it
+    back through its own vhci-hcd; aplay to the imported card reaches QEMU's speaker."""
+    heard = tmp_path / "qemu-speaker.wav"
+    with lab.vm(usb=[usbdevices.audio(wav=heard, id="speaker")], cpus=2) as vm:
+        busid = vm.wait_for_usb(*QEMU_AUDIO_ID)
+        server = start_usbwire(vm, "libusb", QEMU_AUDIO_ID)
+        played = vm.paths.scratch / "tone.wav"
+        with wave.open(str(played), "wb") as wav:
+            wav.setnchannels(2)
+            wav.setsampwidth(2)
+            wav.setframerate(RATE)
+            wav.writeframes(ToneSource(1000, 0.25).read(2 * RATE, RATE))
+        vm.chroot_run(f"usbip attach -r 127.0.0.1 -b {busid}", 60, check=True)
+        found: list[int] = []
+
+        def imported_card() -> bool:
+            cards = vm.run("cat /proc/asound/cards").out
+            found[:] = [int(n) for n in re.findall(r"^\s*(\d+) \[.*\n.*at usb-vhci_hcd", cards, re.MULTILINE)]
+            return bool(found)
+
+        wait_until(imported_card, "snd-usb-audio to bind the imported speaker", timeout_s=30)
+        result = vm.chroot_run(f"aplay -D plughw:{found[0]},0 {played}", 60)
+        assert result.ok, result.describe()
+        errors = [
+            line
+            for line in vm.run("dmesg").out.splitlines()
+            if re.search(r"usb|snd|vhci|xhci", line, re.I) and re.search(r"error|cannot|fail", line, re.I)
+        ]
+        assert not errors, "\n".join(errors)
+        log = (vm.paths.commands / f"{server.id}.err").read_text(errors="replace")
+        assert "failed" not in log, log
+    with wave.open(str(heard), "rb") as recording:
+        rate = recording.getframerate()
+        pcm = recording.readframes(recording.getnframes())
+    tone = measure(trim_silence(pcm), rate)
+    assert tone.frequency == pytest.approx(1000, rel=0.01)
+    assert tone.seconds > 1.5, tone
