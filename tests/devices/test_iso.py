@@ -65,6 +65,8 @@ def test_a_clock_books_urbs_back_to_back_and_restarts_after_a_gap() -> None:
     assert first.deadline == pytest.approx(10.008)
     assert second.deadline == pytest.approx(10.016)
     assert second.start_frame == (first.start_frame + 8) & 0x7FF
+    in_time = clock.reserve(8, now=10.020)  # queued in time, started by the server a bit late
+    assert in_time.deadline == pytest.approx(10.024)
     late = clock.reserve(8, now=11.0)  # the host let the stream run dry: as soon as possible
     assert late.deadline == pytest.approx(11.008)
 

@@ -7,6 +7,11 @@ the network allows. :class:`IsoClock` keeps each iso endpoint on its own schedul
 is given the next free slots, and completes at the end of its last one. A URB that arrives
 after its slot has passed starts at once (``URB_ISO_ASAP``); the schedule never runs ahead of
 the wall clock by more than the URBs the host has queued.
+
+The server starts an endpoint's next URB only when the previous one has completed, so even a
+URB the host queued in time reaches the clock a little late. Up to :data:`CATCH_UP` late, it
+still takes the slots right after the previous URB's, as on a bus where it had been waiting
+in the schedule; otherwise every URB would add that delay and the stream would run slow.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ FRAME = 1e-3
 MICROFRAME = 125e-6
 # USB frame numbers (SOF) are 11 bits wide.
 FRAME_NUMBER_MASK = 0x7FF
+CATCH_UP = 0.020
 
 
 def service_interval(endpoint: Endpoint, speed: Speed) -> float:
@@ -49,7 +55,7 @@ class IsoClock:
 
     def reserve(self, packets: int, now: float) -> Slot:
         """Book ``packets`` service intervals after the ones already booked (or from now)."""
-        start = now if self._next is None or self._next < now else self._next
+        start = now if self._next is None or self._next < now - CATCH_UP else self._next
         self._next = start + packets * self.period
         # The epsilon keeps a schedule built by adding periods from landing a hair early.
         frame = math.floor(start / FRAME + 1e-6) & FRAME_NUMBER_MASK
