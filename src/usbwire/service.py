@@ -83,6 +83,8 @@ def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
 
 
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
+    # Opened first, so a missing WAV file fails before anything is exported.
+    headset = options.audio.device() if options.audio is not None else None
     server = Server(limits=options.limits, policy=options.policy)
     rules = ExportRules.parse(options.exports)
     real = RealDevices(server.registry, rules, options.backend) if rules else None
@@ -91,10 +93,10 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
             log.info("no devices configured: serving the demo devices")
         for export in demo.demo_exports():
             server.registry.add(export)
-    if options.audio is not None:
-        headset = EmulatedExport(options.audio.device(), *demo.free_position(server.registry, AUDIO_BUSID))
-        server.registry.add(headset)
-        log.info("headset (speaker and microphone) at busid %s", headset.busid)
+    if headset is not None:
+        export = EmulatedExport(headset, *demo.free_position(server.registry, AUDIO_BUSID))
+        server.registry.add(export)
+        log.info("headset (speaker and microphone) at busid %s", export.busid)
     if real is not None:
         await real.start()
     context = None
