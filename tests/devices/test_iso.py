@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
 from tests.conftest import running_server
 from usbwire.backends.emulated import EmulatedExport
-from usbwire.client import connect
+from usbwire.client import RemoteDevice, connect
 from usbwire.devices.base import Device
 from usbwire.devices.descriptors import Configuration, DeviceDescriptor, Endpoint, Interface
 from usbwire.devices.iso import FRAME, MICROFRAME, IsoClock, service_interval
@@ -76,6 +77,15 @@ def test_frame_numbers_wrap_at_eleven_bits() -> None:
     assert slot.start_frame == 5
 
 
+@contextlib.asynccontextmanager
+async def streaming(port: int) -> AsyncIterator[RemoteDevice]:
+    """The test device imported, configured and on its streaming alternate setting."""
+    async with connect("127.0.0.1", BUSID, port=port) as device:
+        await device.set_configuration(1)
+        await device.set_interface(0, 1)
+        yield device
+
+
 def _with_device(device: Device, body: object) -> None:
     export = EmulatedExport(device, BUSID, busnum=3, devnum=2)
     with running_server(extra_exports=[export], demo=False) as server:
@@ -84,9 +94,7 @@ def _with_device(device: Device, body: object) -> None:
 
 def test_in_packets_are_packed_and_spread_back_to_their_offsets() -> None:
     async def body(port: int) -> None:
-        async with connect("127.0.0.1", BUSID, port=port) as device:
-            await device.set_configuration(1)
-            await device.set_interface(0, 1)
+        async with streaming(port) as device:
             result = await device.iso_transfer(0x81, [64, 16, 64])
         assert [p.actual_length for p in result.packets] == [64, 16, 64]
         assert result.data == bytes(4) * 16 + (1).to_bytes(4, "little") * 4 + (2).to_bytes(4, "little") * 16
@@ -97,9 +105,7 @@ def test_in_packets_are_packed_and_spread_back_to_their_offsets() -> None:
 
 def test_a_failed_packet_carries_its_own_status_and_the_urb_goes_on() -> None:
     async def body(port: int) -> None:
-        async with connect("127.0.0.1", BUSID, port=port) as device:
-            await device.set_configuration(1)
-            await device.set_interface(0, 1)
+        async with streaming(port) as device:
             result = await device.iso_transfer(0x81, [8, 8, 8])
         assert [p.status for p in result.packets] == [0, -Errno.EXDEV, 0]
         assert [p.actual_length for p in result.packets] == [8, 0, 8]
@@ -113,9 +119,7 @@ def test_out_packets_reach_the_device_each_cut_at_its_offset() -> None:
     counter = Counter()
 
     async def body(port: int) -> None:
-        async with connect("127.0.0.1", BUSID, port=port) as device:
-            await device.set_configuration(1)
-            await device.set_interface(0, 1)
+        async with streaming(port) as device:
             result = await device.iso_transfer(0x02, [b"a" * 10, b"b" * 20, b""])
         packets = [(p.offset, p.length, p.actual_length) for p in result.packets]
         assert packets == [(0, 10, 10), (10, 20, 20), (30, 0, 0)]
@@ -128,9 +132,7 @@ def test_transfers_take_as_long_as_their_frames_on_the_bus() -> None:
     """Twenty URBs of ten 1 ms packets, four in flight, take 200 ms: not less, not much more."""
 
     async def body(port: int) -> None:
-        async with connect("127.0.0.1", BUSID, port=port) as device:
-            await device.set_configuration(1)
-            await device.set_interface(0, 1)
+        async with streaming(port) as device:
             queue: asyncio.Queue[None] = asyncio.Queue(4)
 
             async def one() -> None:
@@ -158,9 +160,7 @@ def test_high_bandwidth_endpoints_advertise_their_extra_transactions() -> None:
 
 def test_an_unlinked_transfer_ends_and_the_stream_restarts_at_once() -> None:
     async def body(port: int) -> None:
-        async with connect("127.0.0.1", BUSID, port=port) as device:
-            await device.set_configuration(1)
-            await device.set_interface(0, 1)
+        async with streaming(port) as device:
             with pytest.raises(TimeoutError):
                 await device.iso_transfer(0x81, [64] * 1000, timeout=0.05)  # a whole second of bus time
             started = time.monotonic()
