@@ -221,6 +221,33 @@ class ServerConnection(Connection):
         elif isinstance(event, CmdUnlink):
             self._unlinks[event.seqnum] = event.unlink_seqnum
 
+    def answer(self, request: CmdSubmit, status: int, actual_length: int, data: bytes) -> bytes:
+        """The RET_SUBMIT bytes for a non-iso ``request``: ``send(RetSubmit(...))`` without the
+        event object, for the server's hot path. The same checks hold."""
+        if self._outstanding.get(request.seqnum) is not request or self.state is not State.URB:
+            raise LocalProtocolError(
+                f"no CMD_SUBMIT {request.seqnum} is waiting for an answer", field="seqnum", value=request.seqnum
+            )
+        if request.direction == Direction.IN:
+            if actual_length > request.transfer_buffer_length or len(data) != actual_length:
+                raise LocalProtocolError(
+                    f"{len(data)} IN bytes, actual_length={actual_length}, buffer of {request.transfer_buffer_length}",
+                    field="actual_length",
+                    value=actual_length,
+                )
+        elif data or actual_length > request.transfer_buffer_length:
+            raise LocalProtocolError(
+                f"OUT answer with {len(data)} bytes of data, actual_length={actual_length}",
+                field="actual_length",
+                value=actual_length,
+            )
+        if request.is_iso:
+            raise LocalProtocolError("an iso request is answered with its packets", field="iso_packets", value=0)
+        del self._outstanding[request.seqnum]
+        return codec.encode_ret_submit_parts(
+            request.seqnum, status, actual_length, request.start_frame, request.number_of_packets, 0, data
+        )
+
     def _sending(self, event: Event) -> None:
         if type(event) is RetSubmit:  # the common case first: this runs for every URB
             request = self._outstanding.get(event.seqnum)

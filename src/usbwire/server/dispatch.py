@@ -206,7 +206,10 @@ class Dispatcher:
         status = result.status if result.status <= 0 else -Errno.EPROTO
         if cmd.iso_packets:
             data, actual, iso_packets = self._iso_answer(cmd, result, status)
-            start_frame, packets = result.start_frame, len(iso_packets)
+            ret = RetSubmit.answer(
+                cmd.seqnum, status, actual, result.start_frame, len(iso_packets), result.error_count, data, iso_packets
+            )
+            self.send(self.connection.send(ret))
         else:
             if cmd.direction == Direction.IN:
                 data = result.data
@@ -217,8 +220,5 @@ class Dispatcher:
             else:
                 data = b""
                 actual = result.actual_length if result.actual_length is not None else 0
-            iso_packets = ()
-            start_frame, packets = cmd.start_frame, cmd.number_of_packets
-        ret = RetSubmit.answer(cmd.seqnum, status, actual, start_frame, packets, result.error_count, data, iso_packets)
-        self.send(self.connection.send(ret))
+            self.send(self.connection.answer(cmd, status, actual, data))
         self.on_idle()
