@@ -66,6 +66,7 @@ class Connection:
         self._position = 0
         self._eof = False
         self._error: ProtocolError | None = None
+        self._urb_reader: Callable[[memoryview], codec.Read] | None = None
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes from the peer; ``b""`` means the peer closed its end."""
@@ -99,7 +100,12 @@ class Connection:
             raise remote from None
 
     def _next_event(self) -> NextEvent:
-        reader = self._reader()
+        # In the URB phase (every URB) the reader is fixed; ask for it only before.
+        reader = self._urb_reader if self.state is State.URB else None
+        if reader is None:
+            reader = self._reader()
+            if self.state is State.URB:
+                self._urb_reader = reader
         if self._position == len(self._buffer):
             return ConnectionClosed() if self._eof else NEED_DATA
         if reader is None:
@@ -189,7 +195,7 @@ class ServerConnection(Connection):
     @is_iso.setter
     def is_iso(self, is_iso: Callable[[int, Direction], bool]) -> None:
         self._is_iso = is_iso
-        self._read_cmd = None
+        self._read_cmd = self._urb_reader = None
 
     @property
     def outstanding(self) -> int:

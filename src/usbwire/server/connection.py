@@ -67,6 +67,8 @@ class UsbipProtocol(asyncio.Protocol):
         self._challenge = b""
         self._request_timer: asyncio.TimerHandle | None = None
         self._first_of_batch = False
+        # Inside _process, which looks at flow control once at the end of the batch.
+        self._processing = False
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class UsbipProtocol(asyncio.Protocol):
         # scheduled flush per batch.
         self._flush_scheduled = True
         self._first_of_batch = True
+        self._processing = True
         while not self._closing:
             try:
                 event = conn.next_event()
@@ -160,6 +163,7 @@ class UsbipProtocol(asyncio.Protocol):
                 self._close("client closed the connection" if self.busid else None)
                 return
         self._first_of_batch = False
+        self._processing = False
         self._flush()
         self._update_reading()
 
@@ -236,7 +240,7 @@ class UsbipProtocol(asyncio.Protocol):
             self._release()
             return
         self.conn.is_iso = lambda ep, direction: _is_iso(device, ep, direction)
-        self.dispatcher = Dispatcher(device, self.conn, self.send, self._update_reading)
+        self.dispatcher = Dispatcher(device, self.conn, self.send, self._urb_done)
         self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=device.info)))
         log.info("%s imported %s", self.peer, self.busid)
         self._process()  # URBs may already be waiting in the buffer
@@ -269,6 +273,10 @@ class UsbipProtocol(asyncio.Protocol):
             out = self._out
             self._out = []
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _urb_done(self) -> None:
+        if not self._processing:
+            self._update_reading()
 
     def _update_reading(self) -> None:
         if self.transport is None or self._closing:

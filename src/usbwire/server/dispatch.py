@@ -20,7 +20,7 @@ from typing import Any
 from usbwire.backends.base import ExportedDevice, Urb, UrbResult
 from usbwire.errors import RemoteProtocolError
 from usbwire.protocol.connection import ServerConnection
-from usbwire.protocol.constants import Direction, Errno
+from usbwire.protocol.constants import Direction, Errno, TransferType
 from usbwire.protocol.pdu import CmdSubmit, CmdUnlink, IsoPacket, RetSubmit, RetUnlink
 
 log = logging.getLogger("usbwire.server")
@@ -144,7 +144,7 @@ class Dispatcher:
             self._reply(cmd, result)
 
     def _start(self, cmd: CmdSubmit) -> Coroutine[Any, Any, UrbResult] | None:
-        transfer = self.device.endpoint_type(cmd.ep, cmd.direction)
+        transfer = TransferType.CONTROL if cmd.ep == 0 else self.device.endpoint_type(cmd.ep, cmd.direction)
         if transfer is None:
             log.debug("URB %d for endpoint %d not in the active configuration", cmd.seqnum, cmd.ep)
             return None
