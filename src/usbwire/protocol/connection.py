@@ -227,9 +227,10 @@ class ServerConnection(Connection):
         elif isinstance(event, CmdUnlink):
             self._unlinks[event.seqnum] = event.unlink_seqnum
 
-    def answer(self, request: CmdSubmit, status: int, actual_length: int, data: bytes) -> bytes:
-        """The RET_SUBMIT bytes for a non-iso ``request``: ``send(RetSubmit(...))`` without the
-        event object, for the server's hot path. The same checks hold."""
+    def answer(self, request: CmdSubmit, status: int, actual_length: int, data: bytes) -> tuple[bytes, bytes]:
+        """The RET_SUBMIT for a non-iso ``request``, as its header and its IN data (to be sent
+        in that order): ``send(RetSubmit(...))`` without the event object and without copying
+        the data behind the header, for the server's hot path. The same checks hold."""
         if self._outstanding.get(request.seqnum) is not request or self.state is not State.URB:
             raise LocalProtocolError(
                 f"no CMD_SUBMIT {request.seqnum} is waiting for an answer", field="seqnum", value=request.seqnum
@@ -250,9 +251,10 @@ class ServerConnection(Connection):
         if request.is_iso:
             raise LocalProtocolError("an iso request is answered with its packets", field="iso_packets", value=0)
         del self._outstanding[request.seqnum]
-        return codec.encode_ret_submit_parts(
-            request.seqnum, status, actual_length, request.start_frame, request.number_of_packets, 0, data
+        header = codec.encode_ret_submit_header(
+            request.seqnum, status, actual_length, request.start_frame, request.number_of_packets, 0
         )
+        return header, data
 
     def _sending(self, event: Event) -> None:
         if type(event) is RetSubmit:  # the common case first: this runs for every URB

@@ -44,6 +44,8 @@ log = logging.getLogger("usbwire.server")
 
 # Seconds between checks that a client we stopped reading from is still there.
 LIVENESS_PERIOD = 1.0
+# IN data of this size or more is written behind its header without joining them first.
+LARGE_PAYLOAD = 16 * 1024
 
 
 class UsbipProtocol(asyncio.Protocol):
@@ -58,6 +60,7 @@ class UsbipProtocol(asyncio.Protocol):
         self.device: ExportedDevice | None = None
         self.dispatcher: Dispatcher | None = None
         self._out: list[bytes] = []
+        self._out_large = False
         self._flush_scheduled = False
         self._reading_paused = False
         self._writing_paused = False
@@ -252,8 +255,12 @@ class UsbipProtocol(asyncio.Protocol):
 
     # -- output and flow control ------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, payload: bytes = b"") -> None:
         self._out.append(data)
+        if payload:
+            self._out.append(payload)
+            # Big IN data goes out by a vectored write rather than be copied into one buffer.
+            self._out_large = self._out_large or len(payload) >= LARGE_PAYLOAD
         self.server.stats.replies += 1
         if self._first_of_batch:
             # The first answer of a burst leaves at once, so the client can work on it while
@@ -272,7 +279,13 @@ class UsbipProtocol(asyncio.Protocol):
         if self._out and self.transport is not None and not self.transport.is_closing():
             out = self._out
             self._out = []
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if len(out) == 1:
+                self.transport.write(out[0])
+            elif self._out_large:
+                self.transport.writelines(out)
+            else:
+                self.transport.write(b"".join(out))
+            self._out_large = False
 
     def _urb_done(self) -> None:
         if not self._processing:

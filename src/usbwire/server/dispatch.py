@@ -15,7 +15,7 @@ import logging
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, Protocol
 
 from usbwire.backends.base import ExportedDevice, Urb, UrbResult
 from usbwire.errors import RemoteProtocolError
@@ -50,6 +50,11 @@ async def _finish(coro: Coroutine[Any, Any, UrbResult], yielded: object) -> UrbR
     return await _resume(coro, yielded)
 
 
+class Sender(Protocol):
+    def __call__(self, data: bytes, payload: bytes = b"", /) -> None:
+        """Queue ``data`` (and ``payload`` right behind it) for the client."""
+
+
 class Dispatcher:
     """Turns CMD_SUBMIT/CMD_UNLINK into device calls and RET_* bytes for ``send``."""
 
@@ -57,7 +62,7 @@ class Dispatcher:
         self,
         device: ExportedDevice,
         connection: ServerConnection,
-        send: Callable[[bytes], None],
+        send: Sender,
         on_idle: Callable[[], None],
     ) -> None:
         self.device = device
@@ -220,5 +225,5 @@ class Dispatcher:
             else:
                 data = b""
                 actual = result.actual_length if result.actual_length is not None else 0
-            self.send(self.connection.answer(cmd, status, actual, data))
+            self.send(*self.connection.answer(cmd, status, actual, data))
         self.on_idle()
