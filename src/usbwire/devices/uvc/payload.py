@@ -1,0 +1,114 @@
+"""The stream of UVC payloads: frames cut into payloads, each behind a header (UVC 1.1 §2.4.3.3).
+
+Sans-I/O: the device asks for the payload of a packet at a given time, and the stream decides
+whether a frame is due then. A frame starts at its time (a frame interval after the previous
+one) and goes out in as many payloads as it takes; between frames, payloads carry only a header.
+The FID bit flips at every frame's first payload and EOF marks its last, as Linux's uvcvideo and
+every other host look for.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+
+from usbwire.devices.uvc.descriptors import CLOCK_HZ
+from usbwire.devices.uvc.modes import HEADER_LENGTH
+
+IDLE_HEADER_LENGTH = 2
+
+
+class HeaderBit(enum.IntFlag):
+    FID = 0x01
+    EOF = 0x02
+    PTS = 0x04
+    SCR = 0x08
+    RES = 0x10
+    STI = 0x20
+    ERR = 0x40
+    EOH = 0x80
+
+
+def header(fid: int, *, eof: bool = False, pts: int | None = None) -> bytes:
+    """A payload header: FID and EOF, and the frame's presentation time when it has one."""
+    info = HeaderBit.EOH | (HeaderBit.FID if fid else 0) | (HeaderBit.EOF if eof else 0)
+    if pts is None:
+        return bytes([IDLE_HEADER_LENGTH, info])
+    return struct.pack("<BBI", HEADER_LENGTH, info | HeaderBit.PTS, pts & 0xFFFFFFFF)
+
+
+class FramePacer:
+    """When the next frame is due: one frame interval after the previous one started.
+
+    A host that falls behind (it stopped polling, or could not keep up) gets the late frame at
+    once; more than a whole interval late, the schedule starts again from now rather than
+    sending a burst of old frames.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._next: float | None = None
+
+    @property
+    def next_due(self) -> float | None:
+        """When the next frame is due (None: at once, nothing was sent yet)."""
+        return self._next
+
+    def due(self, now: float) -> bool:
+        return self._next is None or now >= self._next
+
+    def started(self, now: float) -> None:
+        """A frame started at ``now``."""
+        if self._next is None or now - self._next >= self.interval_s:
+            self._next = now
+        self._next += self.interval_s
+
+
+# (frame time in seconds) -> the frame's bytes
+FrameMaker = Callable[[float], bytes]
+
+
+class PayloadStream:
+    """Payloads of one stream (from SET_INTERFACE or commit until the host stops it)."""
+
+    def __init__(self, make_frame: FrameMaker, interval_s: float, fid: int = 0) -> None:
+        self.make_frame = make_frame
+        self.pacer = FramePacer(interval_s)
+        self.fid = fid
+        self.frames = 0
+        self._frame = memoryview(b"")
+        self._offset = 0
+        self._pts = 0
+
+    @property
+    def in_frame(self) -> bool:
+        """A frame is partly sent."""
+        return self._offset < len(self._frame)
+
+    def packet(self, now: float, size: int) -> bytes:
+        """The payload of an iso packet of at most ``size`` bytes, sent at ``now``."""
+        if not self.in_frame:
+            if not self.pacer.due(now):
+                return header(self.fid)
+            self._start(now)
+        room = size - HEADER_LENGTH
+        if room <= 0:
+            raise ValueError(f"a {size}-byte packet cannot carry video data")
+        chunk = self._frame[self._offset : self._offset + room]
+        self._offset += len(chunk)
+        return header(self.fid, eof=not self.in_frame, pts=self._pts) + chunk
+
+    def whole_frame(self, now: float) -> bytes:
+        """One payload holding a whole frame (bulk streams), sent at ``now``."""
+        self._start(now)
+        self._offset = len(self._frame)
+        return header(self.fid, eof=True, pts=self._pts) + self._frame
+
+    def _start(self, now: float) -> None:
+        self.pacer.started(now)
+        self._frame = memoryview(self.make_frame(now))
+        self._offset = 0
+        self._pts = int(now * CLOCK_HZ)
+        self.fid ^= 1
+        self.frames += 1

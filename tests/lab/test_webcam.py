@@ -1,0 +1,140 @@
+"""The emulated webcam through the guest kernel's uvcvideo and V4L2, captured with v4l2-ctl."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunningServer, start_server
+from usbwire.backends.emulated import EmulatedExport
+from usbwire.devices.uvc import StreamTransfer, VideoFormat, Webcam, WebcamConfig
+from usbwire.devices.uvc.pattern import jpeg_comment_counter, yuyv_counter
+
+from .scenarios import kernel_client
+from .session import Lab
+from .vm import VM
+
+pytestmark = pytest.mark.lab
+
+WEBCAM = "1-6"
+WEBCAM_ID = (0x1209, 0x0006)
+WIDTH, HEIGHT, FPS = 160, 120, 10
+FRAMES = 100
+# v4l2-ctl --verbose: one line per dequeued buffer.
+DQBUF = re.compile(r"seq:\s*(\d+)\s+bytesused:\s*(\d+)\s+ts:\s*(\d+\.\d+)")
+
+
+def webcam_server(transfer: StreamTransfer) -> Iterator[RunningServer]:
+    config = WebcamConfig(sizes=((WIDTH, HEIGHT),), rates=(FPS, 5), transfer=transfer)
+    export = EmulatedExport(Webcam(config), busid=WEBCAM, busnum=1, devnum=7)
+    yield from start_server(extra_exports=[export])
+
+
+@pytest.fixture
+def iso_server() -> Iterator[RunningServer]:
+    yield from webcam_server(StreamTransfer.ISO)
+
+
+@pytest.fixture
+def bulk_server() -> Iterator[RunningServer]:
+    yield from webcam_server(StreamTransfer.BULK)
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    frames: list[bytes]
+    sequences: list[int]
+    timestamps: list[float]
+    log: str
+
+    @property
+    def fps(self) -> float:
+        return (len(self.timestamps) - 1) / (self.timestamps[-1] - self.timestamps[0])
+
+
+def video_node(vm: VM, busid: str) -> str:
+    """The capture node uvcvideo made for the device (index 0; index 1 is its metadata node)."""
+    found = vm.run(
+        "for try in $(seq 100); do "
+        f"for d in /sys/bus/usb/devices/{busid}:1.0/video4linux/video*; do "
+        '[ "$(cat $d/index 2>/dev/null)" = 0 ] && [ -e /dev/${d##*/} ] && echo /dev/${d##*/} && exit 0; '
+        "done; sleep 0.1; done",
+        check=True,
+    ).out.split()
+    assert found, vm.dmesg()
+    return found[0]
+
+
+def capture(vm: VM, node: str, pixelformat: str) -> Capture:
+    out = vm.paths.scratch / f"frames-{pixelformat}.bin"
+    result = vm.chroot_run(
+        f"v4l2-ctl -d {node} --set-fmt-video=width={WIDTH},height={HEIGHT},pixelformat={pixelformat} "
+        f"--set-parm={FPS} --stream-mmap=4 --stream-count={FRAMES} --stream-to={out} --verbose 2>&1",
+        timeout_s=120,
+    )
+    assert result.ok, result.describe()
+    lines = DQBUF.findall(result.out)
+    sizes = [int(size) for _, size, _ in lines]
+    data = out.read_bytes()
+    assert len(data) == sum(sizes), result.out[-2000:]
+    frames = []
+    offset = 0
+    for size in sizes:
+        frames.append(data[offset : offset + size])
+        offset += size
+    return Capture(frames, [int(seq) for seq, _, _ in lines], [float(ts) for _, _, ts in lines], result.out)
+
+
+def check_capture(capture: Capture, counter_of: object) -> list[int]:
+    assert len(capture.frames) == FRAMES, capture.log[-3000:]
+    counters = [counter_of(frame) for frame in capture.frames]  # type: ignore[operator]
+    assert counters == list(range(counters[0], counters[0] + FRAMES)), counters
+    assert capture.sequences == list(range(capture.sequences[0], capture.sequences[0] + FRAMES))
+    assert abs(capture.fps - FPS) <= 0.1 * FPS, capture.fps
+    return counters
+
+
+def mjpeg_counter(frame: bytes) -> int:
+    from PIL import Image
+
+    assert frame[:2] == b"\xff\xd8" and frame.rstrip(b"\0")[-2:] == b"\xff\xd9"
+    with Image.open(io.BytesIO(frame)) as image:
+        image.load()
+        assert image.size == (WIDTH, HEIGHT)
+    counter = jpeg_comment_counter(frame)
+    assert counter is not None
+    return counter
+
+
+def yuyv_frame_counter(frame: bytes) -> int:
+    assert len(frame) == WIDTH * HEIGHT * 2
+    return yuyv_counter(frame, WIDTH)
+
+
+def test_guest_captures_100_frames_in_each_format_over_iso(lab: Lab, iso_server: RunningServer) -> None:
+    with kernel_client(lab) as client:
+        busid = client.attach(iso_server.port, WEBCAM, wait_for=WEBCAM_ID)
+        node = video_node(client.vm, busid)
+        yuyv = capture(client.vm, node, "YUYV")
+        check_capture(yuyv, yuyv_frame_counter)
+        mjpeg = capture(client.vm, node, "MJPG")
+        check_capture(mjpeg, mjpeg_counter)
+        print(f"iso fps: YUYV {yuyv.fps:.3f}, MJPEG {mjpeg.fps:.3f}")
+        assert "uvcvideo" in client.vm.dmesg()
+        _ = VideoFormat, Path
+
+
+def test_guest_captures_from_the_bulk_webcam(lab: Lab, bulk_server: RunningServer) -> None:
+    with kernel_client(lab) as client:
+        busid = client.attach(bulk_server.port, WEBCAM, wait_for=WEBCAM_ID)
+        node = video_node(client.vm, busid)
+        yuyv = capture(client.vm, node, "YUYV")
+        check_capture(yuyv, yuyv_frame_counter)
+        mjpeg = capture(client.vm, node, "MJPG")
+        check_capture(mjpeg, mjpeg_counter)
+        print(f"bulk fps: YUYV {yuyv.fps:.3f}, MJPEG {mjpeg.fps:.3f}")
