@@ -15,6 +15,7 @@ from usbwire import demo, tls
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.cdc import Serial
 from usbwire.devices.cdc.pty import PtyBridge
+from usbwire.devices.uvc import Webcam, WebcamConfig
 from usbwire.errors import UsbwireError
 from usbwire.exports import ExportRules, RealDevices
 from usbwire.protocol.constants import DEFAULT_PORT
@@ -43,6 +44,8 @@ class ServeOptions:
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     user: str | None = None
     limits: Limits = field(default_factory=Limits)
+    # An emulated webcam to export besides everything else (at the next free busid).
+    webcam: WebcamConfig | None = None
 
 
 def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
@@ -59,6 +62,8 @@ def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
 
 
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
+    # First, so a webcam that cannot be (a mode the link cannot carry, a bad image) stops the start.
+    webcam = Webcam(options.webcam) if options.webcam is not None else None
     server = Server(limits=options.limits, policy=options.policy)
     rules = ExportRules.parse(options.exports)
     real = RealDevices(server.registry, rules, options.backend) if rules else None
@@ -67,6 +72,9 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
             log.info("no devices configured: serving the demo devices")
         for export in demo.demo_exports():
             server.registry.add(export)
+    if webcam is not None:
+        export = demo.export_device(server.registry, webcam)
+        log.info("webcam at %s: %s", export.busid, webcam.describe())
     if real is not None:
         await real.start()
     context = None

@@ -104,6 +104,19 @@ class Webcam(Device):
         self._bulk_left = memoryview(b"")
         self._bulk_zero_packet = False
 
+    def describe(self) -> str:
+        """What the webcam offers, in one line (e.g. for a log)."""
+        modes = ", ".join(
+            f.kind.label + "".join(f" {fr.width}x{fr.height}@{round(1e7 / fr.default_interval)}" for fr in f.frames)
+            for f in self.formats
+        )
+        return f"{modes} (the highest rate of each size; {self.config.transfer.value}, {self.speed.name.lower()} speed)"
+
+    @property
+    def stream(self) -> PayloadStream | None:
+        """The payloads of the running stream, if one runs."""
+        return self._stream
+
     @property
     def streaming(self) -> Negotiated | None:
         """What is streaming now, if anything."""

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from usbwire.devices.uvc.pattern import jpeg_available
 from usbwire.errors import UsbwireError
 from usbwire.protocol.constants import Speed
 
@@ -76,11 +79,17 @@ class ModeError(UsbwireError):
     """The webcam was asked for something it cannot offer (on its link)."""
 
 
+def available_formats() -> tuple[VideoFormat, ...]:
+    """Both formats when Pillow can encode JPEG, else YUYV only."""
+    return (VideoFormat.YUYV, VideoFormat.MJPEG) if jpeg_available() else (VideoFormat.YUYV,)
+
+
 @dataclass(frozen=True, slots=True)
 class WebcamConfig:
     """What the webcam advertises; every (format, size, rate) that fits its link."""
 
-    formats: tuple[VideoFormat, ...] = (VideoFormat.YUYV, VideoFormat.MJPEG)
+    # MJPEG frames of the pattern need a JPEG encoder (Pillow): offered by default when there is one.
+    formats: tuple[VideoFormat, ...] = field(default_factory=available_formats)
     sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES
     rates: tuple[int, ...] = DEFAULT_RATES
     transfer: StreamTransfer = StreamTransfer.ISO
@@ -100,6 +109,42 @@ class WebcamConfig:
         for rate in self.rates:
             if not 1 <= rate <= 120:
                 raise ModeError(f"unsupported frame rate {rate} (1..120 fps)")
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        formats: Sequence[str] = (),
+        size: str | None = None,
+        fps: int | None = None,
+        transfer: str = "iso",
+        speed: str = "high",
+        image: str | None = None,
+    ) -> WebcamConfig:
+        """A config from command-line words (``--size 320x240``); unset ones keep their default.
+
+        Raises:
+            ModeError: a word that means nothing here.
+        """
+        options: dict[str, Any] = {"image": image}
+        try:
+            if formats:
+                options["formats"] = tuple(dict.fromkeys(VideoFormat(f.lower()) for f in formats))
+            options["transfer"] = StreamTransfer(transfer)
+        except ValueError as error:
+            raise ModeError(str(error)) from None
+        if size is not None:
+            width, x, height = size.lower().partition("x")
+            if not (x and width.isdigit() and height.isdigit()):
+                raise ModeError(f"size {size!r} is not WIDTHxHEIGHT")
+            options["sizes"] = ((int(width), int(height)),)
+        if fps is not None:
+            options["rates"] = (fps,)
+        speeds = {"full": Speed.FULL, "high": Speed.HIGH}
+        if speed not in speeds:
+            raise ModeError(f"speed {speed!r} is not one of {', '.join(speeds)}")
+        options["speed"] = speeds[speed]
+        return cls(**options)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,21 +48,28 @@ class FramePacer:
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self._next: float | None = None
+        self._anchor: float | None = None
+        self._count = 0
 
     @property
     def next_due(self) -> float | None:
         """When the next frame is due (None: at once, nothing was sent yet)."""
-        return self._next
+        if self._anchor is None:
+            return None
+        # Counted from the anchor, not summed, so rounding never drifts the rate.
+        return self._anchor + self._count * self.interval_s
 
     def due(self, now: float) -> bool:
-        return self._next is None or now >= self._next
+        due = self.next_due
+        # A microsecond of slack: a packet at the exact due time must not lose to float rounding.
+        return due is None or now >= due - 1e-6
 
     def started(self, now: float) -> None:
         """A frame started at ``now``."""
-        if self._next is None or now - self._next >= self.interval_s:
-            self._next = now
-        self._next += self.interval_s
+        due = self.next_due
+        if due is None or now - due >= self.interval_s:
+            self._anchor, self._count = now, 0
+        self._count += 1
 
 
 # (frame time in seconds) -> the frame's bytes
