@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import RunningServer, start_server
 from usbwire.backends.emulated import EmulatedExport
-from usbwire.devices.uvc import StreamTransfer, VideoFormat, Webcam, WebcamConfig
+from usbwire.devices.uvc import StreamTransfer, Webcam, WebcamConfig
 from usbwire.devices.uvc.pattern import jpeg_comment_counter, yuyv_counter
 
 from .scenarios import kernel_client
@@ -25,12 +25,14 @@ WEBCAM = "1-6"
 WEBCAM_ID = (0x1209, 0x0006)
 WIDTH, HEIGHT, FPS = 160, 120, 10
 FRAMES = 100
+# At 5 fps, frames this large need 2 x 1024 bytes a microframe: a high-bandwidth endpoint.
+LARGE = (640, 480)
 # v4l2-ctl --verbose: one line per dequeued buffer.
 DQBUF = re.compile(r"seq:\s*(\d+)\s+bytesused:\s*(\d+)\s+ts:\s*(\d+\.\d+)")
 
 
 def webcam_server(transfer: StreamTransfer) -> Iterator[RunningServer]:
-    config = WebcamConfig(sizes=((WIDTH, HEIGHT),), rates=(FPS, 5), transfer=transfer)
+    config = WebcamConfig(sizes=((WIDTH, HEIGHT), LARGE), rates=(FPS, 5), transfer=transfer)
     export = EmulatedExport(Webcam(config), busid=WEBCAM, busnum=1, devnum=7)
     yield from start_server(extra_exports=[export])
 
@@ -70,11 +72,13 @@ def video_node(vm: VM, busid: str) -> str:
     return found[0]
 
 
-def capture(vm: VM, node: str, pixelformat: str) -> Capture:
+def capture(
+    vm: VM, node: str, pixelformat: str, size: tuple[int, int] = (WIDTH, HEIGHT), fps: int = FPS, count: int = FRAMES
+) -> Capture:
     out = vm.paths.scratch / f"frames-{pixelformat}.bin"
     result = vm.chroot_run(
-        f"v4l2-ctl -d {node} --set-fmt-video=width={WIDTH},height={HEIGHT},pixelformat={pixelformat} "
-        f"--set-parm={FPS} --stream-mmap=4 --stream-count={FRAMES} --stream-to={out} --verbose 2>&1",
+        f"v4l2-ctl -d {node} --set-fmt-video=width={size[0]},height={size[1]},pixelformat={pixelformat} "
+        f"--set-parm={fps} --stream-mmap=8 --stream-count={count} --stream-to={out} --verbose 2>&1",
         timeout_s=120,
     )
     assert result.ok, result.describe()
@@ -84,15 +88,16 @@ def capture(vm: VM, node: str, pixelformat: str) -> Capture:
     assert len(data) == sum(sizes), result.out[-2000:]
     frames = []
     offset = 0
-    for size in sizes:
-        frames.append(data[offset : offset + size])
-        offset += size
+    for used in sizes:
+        frames.append(data[offset : offset + used])
+        offset += used
     return Capture(frames, [int(seq) for seq, _, _ in lines], [float(ts) for _, _, ts in lines], result.out)
 
 
-def check_capture(capture: Capture, counter_of: object) -> list[int]:
+def check_capture(capture: Capture, counter_of: Callable[[bytes], int]) -> list[int]:
+    """100 frames, each decoding to its number, numbered consecutively, at the negotiated rate."""
     assert len(capture.frames) == FRAMES, capture.log[-3000:]
-    counters = [counter_of(frame) for frame in capture.frames]  # type: ignore[operator]
+    counters = [counter_of(frame) for frame in capture.frames]
     assert counters == list(range(counters[0], counters[0] + FRAMES)), counters
     assert capture.sequences == list(range(capture.sequences[0], capture.sequences[0] + FRAMES))
     assert abs(capture.fps - FPS) <= 0.1 * FPS, capture.fps
@@ -116,17 +121,39 @@ def yuyv_frame_counter(frame: bytes) -> int:
     return yuyv_counter(frame, WIDTH)
 
 
-def test_guest_captures_100_frames_in_each_format_over_iso(lab: Lab, iso_server: RunningServer) -> None:
+def uvc_complaints(vm: VM) -> list[str]:
+    """uvcvideo's and the USB core's warnings about the device since boot."""
+    words = ("uvcvideo", "usb 3-", "vhci")
+    bad = ("fail", "error", "invalid", "unable", "warn")
+    return [
+        line
+        for line in vm.dmesg().splitlines()
+        if any(w in line for w in words) and any(b in line.lower() for b in bad)
+    ]
+
+
+def test_guest_captures_100_frames_in_each_format_over_iso(
+    lab: Lab, iso_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="usbwire.devices.uvc")
     with kernel_client(lab) as client:
         busid = client.attach(iso_server.port, WEBCAM, wait_for=WEBCAM_ID)
         node = video_node(client.vm, busid)
+        formats = client.vm.chroot_run(f"v4l2-ctl -d {node} --list-formats-ext", check=True).out
+        assert "'YUYV'" in formats and "'MJPG'" in formats and f"{WIDTH}x{HEIGHT}" in formats, formats
+        assert f"Interval: Discrete {1 / FPS:.3f}s ({FPS:.3f} fps)" in formats, formats
         yuyv = capture(client.vm, node, "YUYV")
         check_capture(yuyv, yuyv_frame_counter)
         mjpeg = capture(client.vm, node, "MJPG")
         check_capture(mjpeg, mjpeg_counter)
-        print(f"iso fps: YUYV {yuyv.fps:.3f}, MJPEG {mjpeg.fps:.3f}")
-        assert "uvcvideo" in client.vm.dmesg()
-        _ = VideoFormat, Path
+        print(f"iso: YUYV {yuyv.fps:.3f} fps, MJPEG {mjpeg.fps:.3f} fps (negotiated {FPS})")
+        large = capture(client.vm, node, "YUYV", LARGE, fps=5, count=10)
+        assert {len(frame) for frame in large.frames} == {LARGE[0] * LARGE[1] * 2}
+        counters = [yuyv_counter(frame, LARGE[0]) for frame in large.frames]
+        assert counters == list(range(counters[0], counters[0] + 10))
+        assert abs(large.fps - 5) <= 0.5, large.fps
+        assert "iso alternate setting 5 (2 x 1024 bytes)" in caplog.text  # the host picked high bandwidth
+        assert uvc_complaints(client.vm) == []
 
 
 def test_guest_captures_from_the_bulk_webcam(lab: Lab, bulk_server: RunningServer) -> None:
@@ -137,4 +164,5 @@ def test_guest_captures_from_the_bulk_webcam(lab: Lab, bulk_server: RunningServe
         check_capture(yuyv, yuyv_frame_counter)
         mjpeg = capture(client.vm, node, "MJPG")
         check_capture(mjpeg, mjpeg_counter)
-        print(f"bulk fps: YUYV {yuyv.fps:.3f}, MJPEG {mjpeg.fps:.3f}")
+        print(f"bulk: YUYV {yuyv.fps:.3f} fps, MJPEG {mjpeg.fps:.3f} fps (negotiated {FPS})")
+        assert uvc_complaints(client.vm) == []

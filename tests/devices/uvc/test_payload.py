@@ -60,13 +60,21 @@ def test_frame_starts_only_when_due() -> None:
     assert stream.frames == 2
 
 
-def test_late_frame_goes_at_once_and_a_long_pause_restarts_the_schedule() -> None:
+def test_late_frames_go_at_once_and_keep_the_schedule() -> None:
     pacer = FramePacer(0.1)
     pacer.started(0.0)
-    pacer.started(0.15)  # half an interval late: the next is still due at 0.2
-    assert pacer.next_due == pytest.approx(0.2)
-    pacer.started(1.0)  # far behind: no burst of old frames, one interval from now
-    assert pacer.next_due == pytest.approx(1.1)
+    pacer.started(0.35)  # the host was busy: frame 1 goes late, frames 2 and 3 are due already
+    assert pacer.next_due == pytest.approx(0.2) and pacer.due(0.35)
+    pacer.started(0.35)
+    pacer.started(0.36)
+    assert pacer.next_due == pytest.approx(0.4) and not pacer.due(0.37)
+
+
+def test_a_long_pause_restarts_the_schedule_instead_of_a_burst() -> None:
+    pacer = FramePacer(0.1)
+    pacer.started(0.0)
+    pacer.started(2.0)
+    assert pacer.next_due == pytest.approx(2.1)
 
 
 def test_webcam_frames_are_one_interval_apart_in_real_time() -> None:

@@ -22,6 +22,7 @@ from usbwire.devices.uvc.payload import PayloadStream
 from usbwire.devices.uvc.probe import CONTROL_LENGTH, Negotiated, Negotiator, StreamingControl
 from usbwire.devices.uvc.sources import CallbackSource, FrameRequest, FrameSource, ImageSource, PatternSource
 from usbwire.errors import Stall
+from usbwire.protocol.constants import Direction
 
 log = logging.getLogger("usbwire.devices.uvc")
 
@@ -138,10 +139,19 @@ class Webcam(Device):
         self._stream_started.set()
         frame = negotiated.frame
         log.info(
-            "webcam streams %s %dx%d at %.4g fps, %d-byte payloads",
+            "webcam streams %s %dx%d at %.4g fps, payloads of up to %d bytes, over %s",
             negotiated.format.kind.label, frame.width, frame.height, 1 / negotiated.interval_s,
-            negotiated.control.dwMaxPayloadTransferSize,
+            negotiated.control.dwMaxPayloadTransferSize, self._transport(),
         )  # fmt: skip
+
+    def _transport(self) -> str:
+        endpoint = self.endpoint(STREAM_ENDPOINT, Direction.IN)
+        if endpoint is None or self.config.transfer == StreamTransfer.BULK:
+            return "bulk"
+        return (
+            f"iso alternate setting {self.alternates.get(STREAMING_INTERFACE, 0)} "
+            f"({endpoint.additional_transactions + 1} x {endpoint.max_packet_size} bytes)"
+        )
 
     def _stop_stream(self) -> None:
         if self._stream is not None:

@@ -17,6 +17,8 @@ from usbwire.devices.uvc.descriptors import CLOCK_HZ
 from usbwire.devices.uvc.modes import HEADER_LENGTH
 
 IDLE_HEADER_LENGTH = 2
+# How far behind its schedule a stream may fall and still catch up.
+CATCH_UP_S = 1.0
 
 
 class HeaderBit(enum.IntFlag):
@@ -39,11 +41,12 @@ def header(fid: int, *, eof: bool = False, pts: int | None = None) -> bytes:
 
 
 class FramePacer:
-    """When the next frame is due: one frame interval after the previous one started.
+    """When the next frame is due: one frame interval after the previous one was.
 
-    A host that falls behind (it stopped polling, or could not keep up) gets the late frame at
-    once; more than a whole interval late, the schedule starts again from now rather than
-    sending a burst of old frames.
+    A host that falls behind for a moment (a busy machine polls late) gets the frames it missed
+    back to back, so no frame is lost and the rate over a second stays the negotiated one. After
+    a longer pause (the host stopped polling) the schedule starts again from now instead of
+    sending a burst of stale frames.
     """
 
     def __init__(self, interval_s: float) -> None:
@@ -67,7 +70,7 @@ class FramePacer:
     def started(self, now: float) -> None:
         """A frame started at ``now``."""
         due = self.next_due
-        if due is None or now - due >= self.interval_s:
+        if due is None or now - due >= max(CATCH_UP_S, 2 * self.interval_s):
             self._anchor, self._count = now, 0
         self._count += 1
 
