@@ -118,11 +118,6 @@ class Webcam(Device):
         """The payloads of the running stream, if one runs."""
         return self._stream
 
-    @property
-    def streaming(self) -> Negotiated | None:
-        """What is streaming now, if anything."""
-        return (self.committed or self.probe) if self._stream is not None else None
-
     # -- streaming --------------------------------------------------------------------------
 
     def _start_stream(self) -> None:
