@@ -12,8 +12,9 @@ import pytest
 
 from tests.conftest import RunningServer, start_server
 from usbwire.backends.emulated import EmulatedExport
-from usbwire.devices.uvc import StreamTransfer, Webcam, WebcamConfig
+from usbwire.devices.uvc import StreamTransfer, VideoFormat, Webcam, WebcamConfig
 from usbwire.devices.uvc.pattern import jpeg_comment_counter, yuyv_counter
+from usbwire.protocol.constants import Speed
 
 from .scenarios import kernel_client
 from .session import Lab
@@ -45,6 +46,15 @@ def iso_server() -> Iterator[RunningServer]:
 @pytest.fixture
 def bulk_server() -> Iterator[RunningServer]:
     yield from webcam_server(StreamTransfer.BULK)
+
+
+@pytest.fixture
+def full_speed_server() -> Iterator[RunningServer]:
+    config = WebcamConfig(
+        formats=(VideoFormat.YUYV,), sizes=((WIDTH, HEIGHT), (320, 240)), rates=(30, 15, FPS), speed=Speed.FULL
+    )
+    export = EmulatedExport(Webcam(config), busid=WEBCAM, busnum=1, devnum=7)
+    yield from start_server(extra_exports=[export])
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +105,8 @@ def capture(
 
 
 def check_capture(capture: Capture, counter_of: Callable[[bytes], int]) -> list[int]:
-    """100 frames, each decoding to its number, numbered consecutively, at the negotiated rate."""
+    """100 frames, each decoding to its number, numbered consecutively, at the negotiated rate
+    (measured from the V4L2 buffer timestamps uvcvideo stamps at each frame's first payload)."""
     assert len(capture.frames) == FRAMES, capture.log[-3000:]
     counters = [counter_of(frame) for frame in capture.frames]
     assert counters == list(range(counters[0], counters[0] + FRAMES)), counters
@@ -165,4 +176,19 @@ def test_guest_captures_from_the_bulk_webcam(lab: Lab, bulk_server: RunningServe
         mjpeg = capture(client.vm, node, "MJPG")
         check_capture(mjpeg, mjpeg_counter)
         print(f"bulk: YUYV {yuyv.fps:.3f} fps, MJPEG {mjpeg.fps:.3f} fps (negotiated {FPS})")
+        assert uvc_complaints(client.vm) == []
+
+
+def test_full_speed_webcam_offers_only_what_fits_and_streams_it(lab: Lab, full_speed_server: RunningServer) -> None:
+    with kernel_client(lab) as client:
+        busid = client.attach(full_speed_server.port, WEBCAM, wait_for=WEBCAM_ID)
+        assert "full-speed" in client.vm.run(f"cat /sys/bus/usb/devices/{busid}/speed; dmesg | grep {busid}").out
+        node = video_node(client.vm, busid)
+        formats = client.vm.chroot_run(f"v4l2-ctl -d {node} --list-formats-ext", check=True).out
+        # About 1 MB/s: 160x120 YUYV (37.5 KiB a frame) at 15 and 10 fps, not 30; nothing at 320x240.
+        intervals = re.findall(r"Size: Discrete (\d+x\d+)|\((\d+)\.000 fps\)", formats)
+        assert intervals == [("160x120", ""), ("", "15"), ("", "10")], formats
+        yuyv = capture(client.vm, node, "YUYV")
+        check_capture(yuyv, yuyv_frame_counter)
+        print(f"full speed: YUYV {yuyv.fps:.3f} fps (negotiated {FPS})")
         assert uvc_complaints(client.vm) == []
