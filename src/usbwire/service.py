@@ -72,11 +72,12 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
             log.info("no devices configured: serving the demo devices")
         for export in demo.demo_exports():
             server.registry.add(export)
-    if webcam is not None:
-        export = demo.export_device(server.registry, webcam)
-        log.info("webcam at %s: %s", export.busid, webcam.describe())
     if real is not None:
         await real.start()
+    if webcam is not None:
+        # After the real devices, so its busid is one none of them has.
+        export = demo.export_device(server.registry, webcam)
+        log.info("webcam at %s: %s", export.busid, webcam.describe())
     context = None
     if options.tls_cert:
         context = tls.server_context(options.tls_cert, options.tls_key or options.tls_cert, options.client_ca)
