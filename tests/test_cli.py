@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -39,9 +40,13 @@ class ServeProcess:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[ServeProcess]:
     """``usbwire serve --demo`` on an ephemeral loopback port, as its own process."""
+    yield from serving(tmp_path)
+
+
+def serving(tmp_path: Path, *options: str) -> Iterator[ServeProcess]:
     control = tmp_path / "control.sock"
     process = subprocess.Popen(
-        [*USBWIRE, "serve", "--host", "127.0.0.1", "--port", "0", "--demo", "--control", str(control)],
+        [*USBWIRE, "serve", "--host", "127.0.0.1", "--port", "0", "--demo", "--control", str(control), *options],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -130,3 +135,37 @@ def test_serve_logs_one_line_per_connection_event(served: ServeProcess) -> None:
     assert served.process.stderr is not None
     rest = served.process.stderr.read()
     assert re.search(r"127\.0\.0\.1:\d+ listed \d+ device\(s\)", rest)
+
+
+def test_serve_audio_adds_the_headset_whose_microphone_plays_the_chosen_tone(tmp_path: Path) -> None:
+    from tests.audio import measure
+    from usbwire.client import connect
+
+    async def record(port: int) -> bytes:
+        async with connect("127.0.0.1", "1-6", port=port) as headset:
+            await headset.set_configuration(1)
+            await headset.set_interface(2, 1)
+            result = await headset.iso_transfer(0x82, [192] * 100)
+            return result.data
+
+    for served in serving(tmp_path, "--audio", "--mic-tone", "440", "--speaker-out", str(tmp_path / "out.wav")):
+        listed = json.loads(usbwire("list", "-r", "127.0.0.1", "--port", str(served.port), "--json").stdout)
+        headset = next(device for device in listed if device["busid"] == "1-6")
+        assert headset["interfaces"] == [[1, 1, 0], [1, 2, 0], [1, 2, 0]]
+        tone = measure(asyncio.run(record(served.port)), 48000)
+        assert tone.frequency == pytest.approx(440, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--mic-tone", "440"], "add --audio", id="tone-without-audio"),
+        pytest.param(["--audio", "--mic-wav", "/nonexistent.wav"], "cannot play /nonexistent.wav", id="no-wav"),
+        pytest.param(["--audio", "--mic-tone", "30000"], "outside", id="tone-too-high"),
+    ],
+)
+def test_serve_refuses_impossible_audio_in_one_line(args: list[str], message: str) -> None:
+    result = usbwire("serve", "--host", "127.0.0.1", "--port", "0", "--control", "none", *args, check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("usbwire: error: ") and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

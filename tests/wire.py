@@ -19,6 +19,7 @@ from usbwire.protocol import (
     DeviceInfo,
     Direction,
     Event,
+    IsoPacket,
     OpRepDevlist,
     OpRepImport,
     OpReqDevlist,
@@ -130,6 +131,8 @@ class WireClient:
         data: bytes = b"",
         setup: bytes = bytes(8),
         interval: int = 0,
+        flags: int = 0,
+        iso_packets: tuple[IsoPacket, ...] = (),
     ) -> tuple[int, bytes]:
         """The encoded CMD_SUBMIT (not sent yet), so tests can batch several in one write."""
         seqnum = self._seqnum()
@@ -138,11 +141,13 @@ class WireClient:
             devid=self.devid,
             direction=direction,
             ep=ep,
-            transfer_flags=UrbFlag.DIR_IN if direction == Direction.IN else 0,
+            transfer_flags=flags | (UrbFlag.DIR_IN if direction == Direction.IN else 0),
             transfer_buffer_length=len(data) if direction == Direction.OUT else length,
             interval=interval,
             setup=setup,
             data=data,
+            number_of_packets=len(iso_packets),
+            iso_packets=iso_packets,
         )
         return seqnum, self.conn.send(cmd)
 

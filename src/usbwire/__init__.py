@@ -10,6 +10,7 @@ from usbwire.client.persist import Persistent, persistent_states
 from usbwire.client.vhci import Vhci, VhciError
 from usbwire.client.vhci import attach as vhci_attach
 from usbwire.config import load as load_config
+from usbwire.devices.uvc import WebcamConfig
 from usbwire.errors import (
     AuthenticationFailed,
     ControlError,
@@ -24,7 +25,7 @@ from usbwire.errors import (
 from usbwire.protocol import DEFAULT_PORT, DeviceInfo, OpStatus, Speed
 from usbwire.server import DEFAULT_CONTROL_PATH, ControlServer, Limits, Registry, Server
 from usbwire.server import request as control_request
-from usbwire.service import ServeOptions, run, serve
+from usbwire.service import AudioOptions, ServeOptions, run, serve
 from usbwire.tls import TlsConfigError
 from usbwire.tls import client_context as client_tls_context
 from usbwire.tls import server_context as server_tls_context
@@ -38,6 +39,7 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "DEFAULT_CONTROL_PATH",
     "DEFAULT_PORT",
+    "AudioOptions",
     "AuthenticationFailed",
     "BindError",
     "ControlError",
@@ -62,6 +64,7 @@ __all__ = [
     "UsbwireError",
     "Vhci",
     "VhciError",
+    "WebcamConfig",
     "__version__",
     "bind",
     "certs_client",

@@ -16,6 +16,7 @@ import usbwire
 from usbwire import (
     DEFAULT_CONTROL_PATH,
     DEFAULT_PORT,
+    AudioOptions,
     DeviceInfo,
     Limits,
     ServeOptions,
@@ -119,6 +120,17 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="event loop (auto: uvloop when installed, it is faster)",
     )
+    audio = serve.add_argument_group("emulated headset (USB Audio: speaker and microphone, 48 kHz 16-bit stereo)")
+    audio.add_argument("--audio", action="store_true", help="also export the headset (at the next free busid)")
+    source = audio.add_mutually_exclusive_group()
+    source.add_argument("--mic-tone", type=int, metavar="HZ", help="the microphone plays a sine tone (default 1000)")
+    source.add_argument("--mic-wav", metavar="FILE", help="the microphone plays a 16-bit WAV file, round and round")
+    audio.add_argument(
+        "--speaker-out",
+        metavar="PATH",
+        help="write what clients play to the speaker to PATH: WAV, or raw s16le stereo if PATH ends in .raw",
+    )
+    _webcam_arguments(serve)
     serve.set_defaults(run=_serve)
 
     listing = commands.add_parser(
@@ -260,6 +272,47 @@ def _control_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _webcam_arguments(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("webcam (an emulated USB Video Class camera, exported besides the rest)")
+    group.add_argument("--webcam", action="store_true", help="export an emulated webcam at the next free busid")
+    group.add_argument(
+        "--format",
+        action="append",
+        choices=["yuyv", "mjpeg"],
+        help="frame format to offer (repeatable; default: both, MJPEG only with Pillow installed)",
+    )
+    group.add_argument("--size", metavar="WxH", help="the one frame size to offer (default 160x120, 320x240, 640x480)")
+    group.add_argument("--fps", type=int, metavar="N", help="the one frame rate to offer (default 30, 15, 10, 5)")
+    group.add_argument(
+        "--webcam-transfer", choices=["iso", "bulk"], default="iso", help="stream over iso (default) or bulk"
+    )
+    group.add_argument(
+        "--webcam-speed",
+        choices=["high", "full"],
+        default="high",
+        help="link speed (default high); only modes that fit its bandwidth are offered",
+    )
+    group.add_argument(
+        "--webcam-image", metavar="FILE", help="send this image (JPEG, raw YUYV, or what Pillow reads), not a pattern"
+    )
+
+
+def _webcam(args: argparse.Namespace) -> usbwire.WebcamConfig | None:
+    given = [f"--{name.replace('_', '-')}" for name in ("format", "size", "fps", "webcam_image") if getattr(args, name)]
+    if not args.webcam:
+        if given or args.webcam_transfer != "iso" or args.webcam_speed != "high":
+            raise UsbwireError(f"{', '.join(given) or '--webcam-transfer, --webcam-speed'}: only with --webcam")
+        return None
+    return usbwire.WebcamConfig.parse(
+        formats=args.format or (),
+        size=args.size,
+        fps=args.fps,
+        transfer=args.webcam_transfer,
+        speed=args.webcam_speed,
+        image=args.webcam_image,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     if args.verbose == 0:
         logging.getLogger().setLevel(logging.INFO)
@@ -279,6 +332,9 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
         flags["demo"] = True
     if args.export:
         flags["exports"] = tuple(args.export)
+    webcam = _webcam(args)
+    if webcam is not None:
+        flags["webcam"] = webcam
     if args.backend != "libusb" or "backend" not in settings:
         flags["backend"] = args.backend
     for name in ("tls_cert", "tls_key", "client_ca", "user"):
@@ -286,6 +342,10 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
             flags[name] = getattr(args, name)
     if args.control != DEFAULT_CONTROL_PATH or "control_path" not in settings:
         flags["control_path"] = None if args.control == "none" else args.control
+    if (args.mic_tone is not None or args.mic_wav or args.speaker_out) and not args.audio:
+        raise UsbwireError("--mic-tone, --mic-wav and --speaker-out describe the headset: add --audio")
+    if args.audio:
+        flags["audio"] = AudioOptions(args.mic_tone, args.mic_wav, args.speaker_out)
     limits = settings.get("limits", Limits())
     changed = {
         name: getattr(args, name)

@@ -15,6 +15,8 @@ from usbwire import demo, tls
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.cdc import Serial
 from usbwire.devices.cdc.pty import PtyBridge
+from usbwire.devices.uac import Headset, ToneSource, WavSource, open_sink
+from usbwire.devices.uvc import Webcam, WebcamConfig
 from usbwire.errors import UsbwireError
 from usbwire.exports import ExportRules, RealDevices
 from usbwire.protocol.constants import DEFAULT_PORT
@@ -24,6 +26,25 @@ from usbwire.server.server import Limits, Server
 
 log = logging.getLogger("usbwire")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioOptions:
+    """The emulated headset: a test tone or a WAV file for its microphone, a file for its speaker."""
+
+    mic_tone: int | None = None
+    mic_wav: str | None = None
+    speaker_out: str | None = None
+
+    DEFAULT_TONE = 1000
+
+    def device(self) -> Headset:
+        if self.mic_tone is not None and self.mic_wav is not None:
+            raise UsbwireError("the microphone plays either a tone or a WAV file, not both")
+        mic = WavSource(self.mic_wav) if self.mic_wav else ToneSource(self.mic_tone or self.DEFAULT_TONE)
+        if self.speaker_out is None:
+            log.info("headset: what the client plays to the speaker is discarded (--speaker-out PATH keeps it)")
+        return Headset(mic=mic, speaker=open_sink(self.speaker_out) if self.speaker_out else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +64,10 @@ class ServeOptions:
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     user: str | None = None
     limits: Limits = field(default_factory=Limits)
+    # Emulated devices served besides the demo set or the real devices.
+    audio: AudioOptions | None = None
+    # An emulated webcam to export besides everything else (at the next free busid).
+    webcam: WebcamConfig | None = None
 
 
 def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
@@ -59,6 +84,10 @@ def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
 
 
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
+    # Opened first, so a missing WAV file fails before anything is exported.
+    headset = options.audio.device() if options.audio is not None else None
+    # First, so a webcam that cannot be (a mode the link cannot carry, a bad image) stops the start.
+    webcam = Webcam(options.webcam) if options.webcam is not None else None
     server = Server(limits=options.limits, policy=options.policy)
     rules = ExportRules.parse(options.exports)
     real = RealDevices(server.registry, rules, options.backend) if rules else None
@@ -69,6 +98,14 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
             server.registry.add(export)
     if real is not None:
         await real.start()
+    # After the real devices, so their busids are taken; the headset first, so with the demo
+    # set it is 1-6 and the webcam 1-7 (or 1-6 alone) every time.
+    if headset is not None:
+        export = demo.export_device(server.registry, headset)
+        log.info("headset (speaker and microphone) at busid %s", export.busid)
+    if webcam is not None:
+        export = demo.export_device(server.registry, webcam)
+        log.info("webcam at %s: %s", export.busid, webcam.describe())
     context = None
     if options.tls_cert:
         context = tls.server_context(options.tls_cert, options.tls_key or options.tls_cert, options.client_ca)

@@ -38,11 +38,12 @@ class Sharing:
     known: bytes
 
 
-def start_usbwire(vm: VM, backend: str) -> GuestCommand:
+def start_usbwire(vm: VM, backend: str, *devices: tuple[int, int]) -> GuestCommand:
+    """``usbwire serve`` in the guest sharing QEMU's ``devices`` (its disk and keyboard by default)."""
+    exports = " ".join(f"--export {vid:04x}:{pid:04x}" for vid, pid in devices or (QEMU_STORAGE_ID, QEMU_HID_ID))
     command = vm.start_chroot_command(
         f"exec {vm.python} -m usbwire serve -v --host 0.0.0.0 --port {USBIP_PORT} --control none"
-        f" --backend {backend} --export {QEMU_STORAGE_ID[0]:04x}:{QEMU_STORAGE_ID[1]:04x}"
-        f" --export {QEMU_HID_ID[0]:04x}:{QEMU_HID_ID[1]:04x}"
+        f" --backend {backend} {exports}"
     )
     deadline = time.monotonic() + 30
     err = vm.paths.commands / f"{command.id}.err"

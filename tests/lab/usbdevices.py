@@ -32,7 +32,7 @@ class UsbDevice:
     properties: tuple[tuple[str, str], ...] = ()
     id: str | None = None
     port: int | None = None
-    image: Path | None = field(default=None)  # usb-storage only
+    image: Path | None = field(default=None)  # usb-storage only; usb-audio: the WAV it plays into
     readonly: bool = False
 
     def device_arg(self, dev_id: str, port: int) -> str:
@@ -55,7 +55,8 @@ class UsbDevice:
         if self.driver == "usb-serial":
             return ["-chardev", f"null,id={dev_id}-chr"]
         if self.driver == "usb-audio":
-            return ["-audiodev", f"none,id={dev_id}-snd"]
+            backend = f"wav,path={self.image}" if self.image else "none"
+            return ["-audiodev", f"{backend},id={dev_id}-snd"]
         return []
 
     def backend_properties(self, dev_id: str) -> list[tuple[str, str]]:
@@ -95,6 +96,9 @@ def serial(*, id: str | None = None, port: int | None = None) -> UsbDevice:
     return UsbDevice("usb-serial", QEMU_SERIAL_ID, id=id, port=port)
 
 
-def audio(*, id: str | None = None, port: int | None = None) -> UsbDevice:
-    """QEMU ``usb-audio``: a USB Audio Class 1 speaker (46f4:0002), isochronous OUT."""
-    return UsbDevice("usb-audio", QEMU_AUDIO_ID, id=id, port=port)
+def audio(*, wav: Path | None = None, id: str | None = None, port: int | None = None) -> UsbDevice:
+    """QEMU ``usb-audio``: a USB Audio Class 1 speaker (46f4:0002), isochronous OUT.
+
+    With ``wav``, what it is played is written to that file (complete once QEMU exits).
+    """
+    return UsbDevice("usb-audio", QEMU_AUDIO_ID, id=id, port=port, image=wav.resolve() if wav else None)

@@ -64,6 +64,9 @@ class EmulatedExport(ExportedDevice):
                 endpoint = self.device.endpoint(urb.ep, urb.direction)
                 if endpoint is None:
                     return _EPIPE
+                if endpoint.transfer == TransferType.ISOCHRONOUS:
+                    done = await self.device.isochronous(endpoint, urb.data, urb.iso_packets)
+                    return UrbResult(0, done.data, None, done.start_frame, done.packets, done.error_count)
                 data = await self.device.transfer(endpoint, urb.data, urb.length)
         except Stall:
             return _EPIPE

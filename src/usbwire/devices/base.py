@@ -7,8 +7,9 @@ PDU, so it can be driven by a plain ``asyncio.run`` in a test.
 
 from __future__ import annotations
 
+import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from usbwire.devices.descriptors import (
     Configuration,
@@ -18,9 +19,11 @@ from usbwire.devices.descriptors import (
     Endpoint,
     Interface,
 )
+from usbwire.devices.iso import IsoClock, IsoCompletion, service_interval, wait_until
 from usbwire.devices.requests import Feature, Recipient, RequestType, Setup, StandardRequest
 from usbwire.errors import Stall
 from usbwire.protocol.constants import Direction, Speed, TransferType
+from usbwire.protocol.pdu import IsoPacket
 
 
 class Device:
@@ -36,6 +39,7 @@ class Device:
         self.halted: set[int] = set()
         self.remote_wakeup = False
         self._endpoints: dict[int, Endpoint] = {}
+        self._iso_clocks: dict[int, IsoClock] = {}
 
     # -- state -------------------------------------------------------------------------------
 
@@ -54,6 +58,8 @@ class Device:
 
     def _rebuild_endpoints(self) -> None:
         self._endpoints = {}
+        # A new alternate setting is a new stream: its schedule starts afresh.
+        self._iso_clocks = {}
         if self.configuration is None:
             return
         for number in self.configuration.interface_numbers:
@@ -98,13 +104,15 @@ class Device:
 
     async def control(self, setup: Setup, data: bytes) -> bytes:
         """Answer one control transfer; raises Stall to refuse it."""
-        if setup.type == RequestType.STANDARD:
+        # Plain bit tests rather than Setup's properties: this runs for every control URB.
+        request_type = setup.request_type
+        if request_type & 0x60 == RequestType.STANDARD << 5:
             result = self.standard_request(setup, data)
         else:
             result = await self.class_request(setup, data)
         if result is None:
             return b""
-        return result[: setup.length] if setup.direction == Direction.IN else b""
+        return result[: setup.length] if request_type & 0x80 else b""
 
     async def transfer(self, endpoint: Endpoint, data: bytes, length: int) -> bytes:
         """A bulk or interrupt transfer: OUT hands ``data`` over, IN returns up to ``length``."""
@@ -114,6 +122,40 @@ class Device:
             await self.handle_out(endpoint, data)
             return b""
         return await self.handle_in(endpoint, length)
+
+    async def isochronous(self, endpoint: Endpoint, data: bytes, packets: Sequence[IsoPacket]) -> IsoCompletion:
+        """An iso transfer, paced like the bus: it completes when its packets' slots have passed.
+
+        OUT hands each packet's bytes to :meth:`iso_out` at once; IN asks :meth:`iso_in` for the
+        packets when their slots are over, as a device fills them during those (micro)frames.
+        """
+        if endpoint.address in self.halted:
+            raise Stall(f"endpoint 0x{endpoint.address:02x} is halted")
+        clock = self._iso_clocks.get(endpoint.address)
+        if clock is None:
+            clock = self._iso_clocks[endpoint.address] = IsoClock(service_interval(endpoint, self.speed))
+        slot = clock.reserve(len(packets), asyncio.get_running_loop().time())
+        try:
+            if endpoint.direction == Direction.OUT:
+                await self.iso_out(endpoint, [data[p.offset : p.offset + p.length] for p in packets])
+                await wait_until(slot.deadline)
+                done = tuple(IsoPacket(p.offset, p.length, p.length) for p in packets)
+                return IsoCompletion(slot.start_frame, done)
+            await wait_until(slot.deadline)
+            produced = await self.iso_in(endpoint, [p.length for p in packets])
+        except asyncio.CancelledError:
+            clock.restart()
+            raise
+        results = []
+        chunks = []
+        for packet, payload in zip(packets, produced, strict=True):
+            if isinstance(payload, int):
+                results.append(IsoPacket(packet.offset, packet.length, 0, payload))
+                continue
+            kept = payload[: packet.length]
+            chunks.append(kept)
+            results.append(IsoPacket(packet.offset, packet.length, len(kept)))
+        return IsoCompletion(slot.start_frame, tuple(results), b"".join(chunks))
 
     # -- hooks for subclasses ---------------------------------------------------------------
 
@@ -130,6 +172,15 @@ class Device:
 
     async def handle_in(self, endpoint: Endpoint, length: int) -> bytes:
         raise Stall(f"endpoint 0x{endpoint.address:02x} has no data")
+
+    async def iso_in(self, endpoint: Endpoint, lengths: Sequence[int]) -> Sequence[bytes | int]:
+        """One payload per requested packet (at most its length), or a negative errno for a
+        packet the device failed (reported in that packet's status, the URB goes on)."""
+        raise Stall(f"endpoint 0x{endpoint.address:02x} streams nothing")
+
+    async def iso_out(self, endpoint: Endpoint, packets: Sequence[bytes]) -> None:
+        """Each packet's bytes, in bus order."""
+        raise Stall(f"endpoint 0x{endpoint.address:02x} takes no stream")
 
     def on_configuration(self, configuration: Configuration | None) -> None:
         """Called after SET_CONFIGURATION."""
@@ -150,7 +201,7 @@ class Device:
     # -- chapter 9 ---------------------------------------------------------------------------
 
     def standard_request(self, setup: Setup, data: bytes) -> bytes | None:
-        handler = _STANDARD.get((setup.request, setup.direction))
+        handler = _STANDARD.get((setup.request, setup.request_type >> 7))
         if handler is None:
             raise Stall(f"unsupported standard request {setup}")
         return handler(self, setup)
@@ -241,7 +292,7 @@ def _set_feature(device: Device, setup: Setup) -> None:
     device._feature(setup, on=True)
 
 
-_STANDARD: dict[tuple[int, Direction], Callable[[Device, Setup], bytes | None]] = {
+_STANDARD: dict[tuple[int, int], Callable[[Device, Setup], bytes | None]] = {
     (StandardRequest.GET_STATUS, Direction.IN): Device._get_status,
     (StandardRequest.CLEAR_FEATURE, Direction.OUT): _clear_feature,
     (StandardRequest.SET_FEATURE, Direction.OUT): _set_feature,

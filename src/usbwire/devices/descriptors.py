@@ -52,6 +52,10 @@ class Endpoint:
     max_burst: int = 0
     ss_attributes: int = 0
     sync_attributes: int = 0
+    # Audio class 1.0 endpoints are 9 bytes long: bRefresh and bSynchAddress follow bInterval.
+    audio: bool = False
+    refresh: int = 0
+    synch_address: int = 0
 
     @property
     def address(self) -> int:
@@ -60,7 +64,13 @@ class Endpoint:
     def to_bytes(self, speed: Speed) -> bytes:
         packet = self.max_packet_size | (self.additional_transactions << 11)
         attributes = int(self.transfer) | self.sync_attributes
-        out = struct.pack("<BBBBHB", 7, DescriptorType.ENDPOINT, self.address, attributes, packet, self.interval)
+        if self.audio:
+            out = struct.pack(
+                "<BBBBHBBB", 9, DescriptorType.ENDPOINT, self.address, attributes, packet, self.interval,
+                self.refresh, self.synch_address,
+            )  # fmt: skip
+        else:
+            out = struct.pack("<BBBBHB", 7, DescriptorType.ENDPOINT, self.address, attributes, packet, self.interval)
         if speed >= Speed.SUPER:
             out += struct.pack(
                 "<BBBBH",

@@ -54,6 +54,9 @@ class EndpointDescriptor:
     wMaxPacketSize: int
     bInterval: int
     extra: bytes = b""
+    # Audio class 1.0 endpoints are 9 bytes: these two follow bInterval.
+    bRefresh: int = 0
+    bSynchAddress: int = 0
 
     @property
     def number(self) -> int:
@@ -132,7 +135,8 @@ class ConfigurationDescriptor:
             if kind == 4 and length >= INTERFACE_DESCRIPTOR.size:
                 interfaces.append(_Building(INTERFACE_DESCRIPTOR.unpack_from(chunk)))
             elif kind == 5 and length >= ENDPOINT_DESCRIPTOR.size and interfaces:
-                interfaces[-1].endpoints.append((ENDPOINT_DESCRIPTOR.unpack_from(chunk), bytearray()))
+                audio = (chunk[7], chunk[8]) if length >= 9 else (0, 0)
+                interfaces[-1].endpoints.append((ENDPOINT_DESCRIPTOR.unpack_from(chunk) + audio, bytearray()))
             elif interfaces and interfaces[-1].endpoints:
                 interfaces[-1].endpoints[-1][1].extend(chunk)
             elif interfaces:
@@ -163,7 +167,8 @@ class _Building:
 
     def build(self) -> InterfaceDescriptor:
         endpoints = tuple(
-            EndpointDescriptor(f[0], f[1], f[2], f[3], f[4], f[5], extra=bytes(extra)) for f, extra in self.endpoints
+            EndpointDescriptor(f[0], f[1], f[2], f[3], f[4], f[5], bytes(extra), f[6], f[7])
+            for f, extra in self.endpoints
         )
         f = self.fields
         return InterfaceDescriptor(

@@ -50,6 +50,8 @@ log = logging.getLogger("usbwire.server")
 
 # Seconds between checks that a client we stopped reading from is still there.
 LIVENESS_PERIOD = 1.0
+# IN data of this size or more is written behind its header without joining them first.
+LARGE_PAYLOAD = 16 * 1024
 
 
 class UsbipProtocol(asyncio.Protocol):
@@ -64,6 +66,7 @@ class UsbipProtocol(asyncio.Protocol):
         self.device: ExportedDevice | None = None
         self.dispatcher: Dispatcher | None = None
         self._out: list[bytes] = []
+        self._out_large = False
         self._flush_scheduled = False
         self._reading_paused = False
         self._writing_paused = False
@@ -73,6 +76,8 @@ class UsbipProtocol(asyncio.Protocol):
         self._challenge = b""
         self._request_timer: asyncio.TimerHandle | None = None
         self._first_of_batch = False
+        # Inside _process, which looks at flow control once at the end of the batch.
+        self._processing = False
         # usbwire's session extension (server/session.py): granted before the import, framing
         # the URB stream after it.
         self.session: ServerSession | None = None
@@ -170,6 +175,7 @@ class UsbipProtocol(asyncio.Protocol):
         # scheduled flush per batch.
         self._flush_scheduled = True
         self._first_of_batch = True
+        self._processing = True
         while not self._closing:
             if self.session is not None and self.session.started and self._busy():
                 break  # the rest waits in the buffer; frames (pings, acks) are still read
@@ -205,6 +211,7 @@ class UsbipProtocol(asyncio.Protocol):
                 self._close("client closed the connection" if self.busid else None)
                 return
         self._first_of_batch = False
+        self._processing = False
         self._flush()
         self._update_reading()
         if self.session is not None and self.session.started:
@@ -342,7 +349,7 @@ class UsbipProtocol(asyncio.Protocol):
             self._release()
             return
         self.conn.is_iso = lambda ep, direction: _is_iso(device, ep, direction)
-        self.dispatcher = Dispatcher(device, self.conn, self.send, self._update_reading)
+        self.dispatcher = Dispatcher(device, self.conn, self.send, self._urb_done)
         self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=device.info)))
         log.info("%s imported %s%s", self.peer, self.busid, " (resumable session)" if self.session else "")
         if self.session is not None:
@@ -362,8 +369,12 @@ class UsbipProtocol(asyncio.Protocol):
 
     # -- output and flow control ------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, payload: bytes = b"") -> None:
         self._out.append(data)
+        if payload:
+            self._out.append(payload)
+            # Big IN data goes out by a vectored write rather than be copied into one buffer.
+            self._out_large = self._out_large or len(payload) >= LARGE_PAYLOAD
         self.server.stats.replies += 1
         if self._first_of_batch:
             # The first answer of a burst leaves at once, so the client can work on it while
@@ -383,12 +394,23 @@ class UsbipProtocol(asyncio.Protocol):
             # Kept for a resumption even while no link is up.
             out = self._out
             self._out = []
+            self._out_large = False
             self.session.send(out[0] if len(out) == 1 else b"".join(out))
             return
         if self._out and self.transport is not None and not self.transport.is_closing():
             out = self._out
             self._out = []
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if len(out) == 1:
+                self.transport.write(out[0])
+            elif self._out_large:
+                self.transport.writelines(out)
+            else:
+                self.transport.write(b"".join(out))
+            self._out_large = False
+
+    def _urb_done(self) -> None:
+        if not self._processing:
+            self._update_reading()
 
     def _busy(self) -> bool:
         in_flight = self.dispatcher.in_flight if self.dispatcher else 0
