@@ -99,6 +99,10 @@ class LinkBroken(Exception):
     """The current connection is gone; the session may still be resumed."""
 
 
+class KernelGone(Exception):
+    """The kernel let go of its end (the port was detached): the session ends for good."""
+
+
 class SessionRelay:
     """Carries one session's URB stream between the kernel's socket and the server, across
     reconnections, until the kernel lets go or the session cannot be resumed."""
@@ -126,7 +130,11 @@ class SessionRelay:
             while True:
                 try:
                     self._pump()
-                    return  # the kernel let go
+                except KernelGone:
+                    # Tell the server, so it releases the device now rather than after the window.
+                    with contextlib.suppress(OSError):
+                        self.network.sendall(encode(End()))
+                    return
                 except LinkBroken as why:
                     log.warning("session link broken (%s); resuming", why)
                 if not self._resume():
@@ -141,7 +149,7 @@ class SessionRelay:
     # -- one connection --------------------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Relay until the kernel closes its end (returns) or the link breaks (LinkBroken)."""
+        """Relay until the kernel lets go (KernelGone) or the link breaks (LinkBroken)."""
         network, local = self.network, self.local
         network.settimeout(self.dead_after)  # a full send buffer on a dead link must not hang us
         selector = selectors.DefaultSelector()
@@ -169,12 +177,7 @@ class SessionRelay:
                     self._from_network(self._receive(max(pending, CHUNK)))
                     last_heard = time.monotonic()
                 if local in ready:
-                    data = local.recv(CHUNK)
-                    if not data:
-                        with contextlib.suppress(OSError):
-                            network.sendall(encode(End()))
-                        return
-                    self._send(self.stream.send(data))
+                    self._send(self.stream.send(self._from_kernel()))
                 now = time.monotonic()
                 if now >= next_ping:
                     if now - last_heard > self.dead_after:
@@ -184,6 +187,15 @@ class SessionRelay:
                     next_ping = now + self.dead_after / PINGS_PER_DEADLINE
         finally:
             selector.close()
+
+    def _from_kernel(self) -> bytes:
+        try:
+            data = self.local.recv(CHUNK)
+        except OSError:
+            raise KernelGone() from None
+        if not data:
+            raise KernelGone()
+        return data
 
     def _receive(self, size: int) -> bytes:
         try:
@@ -205,7 +217,10 @@ class SessionRelay:
             elif isinstance(frame, End):
                 raise RemoteProtocolError("the server ended the session stream", field="type", value="END")
         if out:
-            self.local.sendall(b"".join(out))
+            try:
+                self.local.sendall(b"".join(out))
+            except OSError:
+                raise KernelGone() from None
         replies.append(self._ack())
         if any(replies):
             self._send(b"".join(replies))
