@@ -83,7 +83,8 @@ def request_import(sock: socket.socket, conn: ClientConnection, busid: str, wher
         conn.receive_data(read_exactly(sock, OP_HEADER_SIZE))
     except ssl.SSLError as error:
         raise ServerUnreachable(f"{where}: {describe_tls_error(error)}") from None
-    except RemoteProtocolError:
+    except (RemoteProtocolError, ConnectionResetError):
+        # A TLS server refusing our certificate closes, or resets if our request crossed that.
         if not tls:
             raise
         raise ServerUnreachable(f"{where}: {NO_CLIENT_CERTIFICATE}") from None
