@@ -78,6 +78,8 @@ def test_two_five_second_outages_are_hidden_from_a_writing_file_system(lab: Lab,
             wait_until(lambda: _written(vm) > start, "the write loop to be writing", timeout_s=60)  # noqa: B023
             path.cut(refuse_for=OUTAGE)
             cut = time.monotonic()
+            # A write is caught in the outage: issued, and waiting for the device.
+            wait_until(lambda: _in_flight(vm) > 0, "a write waiting through the outage", timeout_s=OUTAGE - 1)
             # The relay resumes on its own once the path is back, and the writes go on.
             wait_until(lambda: path.connections > outage, "the relay to resume", timeout_s=OUTAGE + 10)  # noqa: B023
             resumed = time.monotonic() - cut
@@ -98,6 +100,11 @@ def test_two_five_second_outages_are_hidden_from_a_writing_file_system(lab: Lab,
         assert path.connections == 3  # the first import and two resumptions, no re-attach
         vm.chroot_run(f"umount {MOUNT}")
         keeper.kill()
+
+
+def _in_flight(vm: VM) -> int:
+    """Requests the guest's disk has issued and not yet completed."""
+    return sum(int(n) for n in vm.run("cat /sys/block/sd*/inflight 2>/dev/null").out.split())
 
 
 def _written(vm: VM) -> int:
