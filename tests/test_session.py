@@ -294,3 +294,37 @@ def test_a_session_over_tls_survives_a_cut(tmp_path: Path) -> None:
         replies = answers(session.client, 2)
         assert replies[pending].data == b"again" and replies[out].status == 0
         assert session.relay.resumptions == 1
+
+
+def test_unacknowledged_output_is_bounded_and_all_of_it_arrives_after_a_resumption(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("usbwire.server.session.MAX_BACKLOG", 256 * 1024)
+    with (
+        running_server(FAST) as running,
+        CuttablePath(running.port) as path,
+        resumable(path.port, dead_after=30.0) as session,
+    ):
+        client = session.client
+        path.swallow(True, replies_only=True)  # the client acknowledges nothing from now on
+        chunks = [os.urandom(64 * 1024) for _ in range(16)]
+        pairs = [
+            (
+                client.submit(ep=1, direction=Direction.OUT, data=chunk),
+                client.submit(ep=1, direction=Direction.IN, length=len(chunk)),
+            )
+            for chunk in chunks
+        ]
+        owner = holder(running)
+        assert owner is not None and owner.session is not None
+        session_of_owner = owner.session
+        wait_until(lambda: running.call(lambda: session_of_owner.busy), "the server to stop taking URBs")
+        answered = running.call(lambda: owner.dispatcher.urbs if owner.dispatcher else 0)
+        assert running.call(lambda: session_of_owner.stream.backlog) <= 256 * 1024 + 64 * 1024 + 1024
+        assert answered < 1 + 2 * 16  # configure, and only some of the pairs: the rest wait unread
+
+        path.swallow(False)
+        path.cut()
+        replies = answers(client, 2 * 16)
+        assert all(replies[out].status == 0 for out, _ in pairs)
+        assert [replies[into].data for _, into in pairs] == chunks
