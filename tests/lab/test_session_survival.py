@@ -98,6 +98,9 @@ def test_two_five_second_outages_are_hidden_from_a_writing_file_system(lab: Lab,
         dmesg = vm.dmesg()
         assert "I/O error" not in dmesg and "USB disconnect" not in dmesg, dmesg[-3000:]
         assert path.connections == 3  # the first import and two resumptions, no re-attach
+        assert "attached (session resumed (2x))" in vm.chroot_run(f"{vm.python} -m usbwire port", check=True).out
+        said = keeper.output_so_far()  # what `attach --persist` reported along the way
+        assert said.count(": resuming: ") == 2 and "attached: session resumed (2x)" in said, said
         vm.chroot_run(f"umount {MOUNT}")
         keeper.kill()
 

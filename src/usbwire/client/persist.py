@@ -3,7 +3,7 @@
 The loop attaches, watches the vhci port once a second, and when the import ends (network
 cut, server restart, device unplugged on the server) attaches again with a capped backoff.
 Its state is written next to ``usbip``'s own port files so ``usbwire port`` can show it:
-attached, reconnecting, or waiting for the device to come back.
+attached, resuming (a session hides a drop), reconnecting, or waiting for the device to come back.
 
 With ``resume`` each import is a resumable session (client/session.py): short drops are
 hidden by the relay and never end the import, so this loop only acts on longer outages.
@@ -73,7 +73,14 @@ class Persistent:
             while not self.stop.is_set():
                 try:
                     self.port = attach(
-                        self.host, self.busid, self.tcp_port, self.vhci, self.tls, self.token, self.resume
+                        self.host,
+                        self.busid,
+                        self.tcp_port,
+                        self.vhci,
+                        self.tls,
+                        self.token,
+                        self.resume,
+                        self._session_state,
                     )
                 except ImportRefused as refused:
                     waiting = refused.status in (OpStatus.NODEV, OpStatus.DEV_BUSY)
@@ -96,6 +103,11 @@ class Persistent:
                 attempt += 1
         finally:
             self._finish()
+
+    def _session_state(self, port: int, state: str, detail: str) -> None:
+        # Runs in the relay process (a fork of this one): it writes the same state file.
+        self.port = port
+        self._set(state, detail)
 
     def _watch(self) -> None:
         assert self.vhci is not None and self.port is not None

@@ -114,12 +114,14 @@ class SessionRelay:
         ticket: Ticket,
         reconnect: Callable[..., tuple[socket.socket, ClientConnection]],
         dead_after: float = DEAD_AFTER,
+        on_state: Callable[[str, str], None] = lambda state, detail: None,
     ) -> None:
         self.network = network
         self.local = local
         self.ticket = ticket
         self.reconnect = reconnect  # called with timeout=: a new connection, ready for an OP request
         self.dead_after = dead_after
+        self.on_state = on_state  # ("resuming", why) on a break, ("attached", ...) once resumed
         self.stream = Stream()
         self.resumptions = 0
         self.pings = 0  # sent, over every connection
@@ -137,9 +139,11 @@ class SessionRelay:
                     return
                 except LinkBroken as why:
                     log.warning("session link broken (%s); resuming", why)
+                    self.on_state("resuming", str(why))
                 if not self._resume():
                     return
                 self.resumptions += 1
+                self.on_state("attached", f"session resumed ({self.resumptions}x)")
         except (UsbwireError, OSError) as error:
             log.warning("session relay ends: %s", error)
         finally:

@@ -13,6 +13,7 @@ import errno
 import functools
 import os
 import selectors
+import signal
 import socket
 import ssl
 from collections.abc import Callable
@@ -186,6 +187,7 @@ def attach(
     tls: ssl.SSLContext | None = None,
     token: str | None = None,
     resume: bool = False,
+    on_session_state: Callable[[int, str, str], None] | None = None,
 ) -> int:
     """``usbip attach`` in Python: returns the vhci port the device is on.
 
@@ -193,6 +195,8 @@ def attach(
     one end of a socketpair and a relay process (which outlives this call, and ends when the
     port is detached or the server is gone for good) carries the URB stream: vhci only takes a
     plain socket, and only the relay can keep it open across a broken connection.
+    ``on_session_state(port, state, detail)`` hears, in the relay process, when a session is
+    being resumed and when it was.
     """
     vhci = vhci or Vhci()
     vhci.check()
@@ -222,7 +226,9 @@ def attach(
             start_relay(functools.partial(relay, sock, relay_end), sock, relay_end)
         else:
             reconnect = functools.partial(connect, host, tcp_port, tls=tls, token=token)
-            start_relay(SessionRelay(sock, relay_end, ticket, reconnect).run, sock, relay_end)
+            relay_state = functools.partial(on_session_state, port) if on_session_state else lambda *_: None
+            session_relay = SessionRelay(sock, relay_end, ticket, reconnect, on_state=relay_state)
+            start_relay(session_relay.run, sock, relay_end)
     vhci.record(port, host, tcp_port, busid)
     return port
 
@@ -237,6 +243,9 @@ def start_relay(run: Callable[[], None], *sockets: socket.socket) -> int:
     # The child: detached from the terminal, so it outlives `usbwire attach`.
     try:
         os.setsid()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            # `attach --persist` catches these to detach; the relay just ends (the port with it).
+            signal.signal(signum, signal.SIG_DFL)
         run()
     finally:
         os._exit(0)
