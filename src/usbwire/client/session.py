@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from usbwire.client.handshake import connect, import_socket, read_exactly, request_import
 from usbwire.errors import RemoteProtocolError, UsbwireError
 from usbwire.protocol.connection import ClientConnection
-from usbwire.protocol.constants import DEFAULT_PORT, OP_HEADER_SIZE, OpStatus
+from usbwire.protocol.constants import (
+    DEFAULT_PORT,
+    OP_HEADER_SIZE,
+    SESSION_ID_SIZE,
+    SESSION_SECRET_SIZE,
+    OpStatus,
+)
 from usbwire.protocol.pdu import DeviceInfo, OpRepResume, OpRepSession, OpReqResume, OpReqSession
 from usbwire.protocol.session import (
     ACK_EVERY,
@@ -39,7 +45,8 @@ from usbwire.protocol.session import (
 
 log = logging.getLogger("usbwire.client")
 
-SESSION_REPLY_SIZE = OP_HEADER_SIZE + 16 + 32 + 4
+# Both replies have a fixed size, whatever their status: read exactly that, never past it.
+SESSION_REPLY_SIZE = OP_HEADER_SIZE + SESSION_ID_SIZE + SESSION_SECRET_SIZE + 4
 RESUME_REPLY_SIZE = OP_HEADER_SIZE + 8
 CHUNK = 262144
 

@@ -91,7 +91,7 @@ class ServerSession:
     def receive(self, data: bytes) -> bytes:
         """The URB-stream bytes in ``data``; answers pings and takes acknowledgements.
 
-        Raises RemoteProtocolError for a malformed frame or a impossible acknowledgement.
+        Raises RemoteProtocolError for a malformed frame or an impossible acknowledgement.
         """
         self._last_heard = time.monotonic()
         payload = []
