@@ -328,3 +328,23 @@ def test_unacknowledged_output_is_bounded_and_all_of_it_arrives_after_a_resumpti
         replies = answers(client, 2 * 16)
         assert all(replies[out].status == 0 for out, _ in pairs)
         assert [replies[into].data for _, into in pairs] == chunks
+
+
+def test_every_server_connection_probes_a_silent_peer_within_seconds() -> None:
+    # Plain USB/IP has no liveness of its own: TCP keepalive is what notices a client whose
+    # host died or whose path was cut without a FIN (about 5 + 3 x 2 s).
+    with running_server() as running, WireClient(running.port) as client:
+        assert client.import_(LOOPBACK).status == OpStatus.OK
+
+        def options() -> tuple[int, ...]:
+            (connection,) = running.server._connections
+            assert connection.transport is not None
+            sock = connection.transport.get_extra_info("socket")
+            return (
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            )
+
+        assert running.call(options) == (1, 5, 2, 3)
