@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from usbwire import demo, tls
 from usbwire.backends.emulated import EmulatedExport
@@ -22,6 +22,9 @@ from usbwire.protocol.constants import DEFAULT_PORT
 from usbwire.server.access import AccessPolicy
 from usbwire.server.control import DEFAULT_CONTROL_PATH, ControlServer
 from usbwire.server.server import Limits, Server
+
+if TYPE_CHECKING:
+    from usbwire.fleet.member import FleetOptions
 
 log = logging.getLogger("usbwire")
 # After the demo set's 1-1..1-5, so a client finds the headset at the same busid every time.
@@ -67,6 +70,8 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     # Emulated devices served besides the demo set or the real devices.
     audio: AudioOptions | None = None
+    # Register in a fleet (etcd) and import devices only under its claims.
+    fleet: FleetOptions | None = None
 
 
 def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
@@ -104,6 +109,12 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         context = tls.server_context(options.tls_cert, options.tls_key or options.tls_cert, options.client_ca)
         log.info("TLS 1.3%s", " with client certificates" if options.client_ca else "")
     await server.start(list(options.hosts) if options.hosts else None, options.port, ssl=context)
+    member = None
+    if options.fleet is not None:
+        from usbwire.fleet.member import FleetMember  # needs the optional etcd client
+
+        member = FleetMember(server, options.fleet)
+        await member.start()
     control = None
     if options.control_path:
         control = ControlServer(server, options.control_path)
@@ -132,6 +143,8 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
             bridge.close()
         if control is not None:
             await control.close()
+        if member is not None:
+            await member.aclose()
         await server.close()
         if real is not None:
             await real.close()

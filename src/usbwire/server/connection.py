@@ -8,6 +8,7 @@ same loop iteration) leaves in a single ``transport.write``: one syscall for a b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -38,6 +39,7 @@ from usbwire.server.dispatch import Dispatcher
 
 if TYPE_CHECKING:
     from usbwire.backends.base import ExportedDevice
+    from usbwire.protocol.pdu import DeviceInfo
     from usbwire.server.server import Server
 
 log = logging.getLogger("usbwire.server")
@@ -67,6 +69,7 @@ class UsbipProtocol(asyncio.Protocol):
         self._challenge = b""
         self._request_timer: asyncio.TimerHandle | None = None
         self._first_of_batch = False
+        self._reply_busid = ""
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -181,7 +184,18 @@ class UsbipProtocol(asyncio.Protocol):
         log.info("%s listed %d device(s)", self.peer, len(devices))
         self._close(None)
 
-    def _import(self, busid: str) -> None:
+    def _import(self, requested: str) -> None:
+        busid = requested
+        if self.server.gate is not None:
+            admitted = self.server.gate.admit(requested, self.client)
+            if isinstance(admitted, OpStatus):
+                log.warning("%s import of %r refused by the fleet: %s", self.peer, requested, admitted.text)
+                self.send(self.conn.send(OpRepImport(status=admitted)))
+                self._close(None)
+                return
+            busid = admitted
+        # The reply names the device as the request did (BUSID#TOKEN in fleet mode).
+        self._reply_busid = requested
         device = self.server.registry.get(busid)
         if device is not None and not self.server.policy.allows(device.info, self.client):
             log.warning("%s import of %s denied (%s)", self.peer, busid, self.client.describe())
@@ -217,7 +231,7 @@ class UsbipProtocol(asyncio.Protocol):
             return
         self.server.registry.release(busid, self)
         log.info("%s imported %s (handed to the kernel's usbip-host)", self.peer, busid)
-        self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=device.info)))
+        self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=self._as_requested(device.info))))
         # close() only drops our descriptor after the reply is written: the kernel keeps its own
         # reference and the TCP connection lives on. Never shutdown() here.
         self._close(None)
@@ -237,14 +251,22 @@ class UsbipProtocol(asyncio.Protocol):
             return
         self.conn.is_iso = lambda ep, direction: _is_iso(device, ep, direction)
         self.dispatcher = Dispatcher(device, self.conn, self.send, self._update_reading)
-        self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=device.info)))
+        self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=self._as_requested(device.info))))
         log.info("%s imported %s", self.peer, self.busid)
         self._process()  # URBs may already be waiting in the buffer
+
+    def _as_requested(self, info: DeviceInfo) -> DeviceInfo:
+        return info if info.busid == self._reply_busid else dataclasses.replace(info, busid=self._reply_busid)
 
     def device_removed(self) -> None:
         """The registry dropped our device (unexport, unplug): end the import."""
         if self.transport is not None and not self.transport.is_closing():
             self._abort("device removed")
+
+    def evict(self, reason: str) -> None:
+        """End the import on the registry's word (fleet mode: the claim it was made under is gone)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._abort(reason)
 
     # -- output and flow control ------------------------------------------------------------
 

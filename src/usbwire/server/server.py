@@ -12,7 +12,7 @@ from typing import Any
 
 from usbwire.protocol.connection import DEFAULT_MAX_TRANSFER
 from usbwire.protocol.constants import DEFAULT_PORT
-from usbwire.server.access import AccessPolicy
+from usbwire.server.access import AccessPolicy, ImportGate
 from usbwire.server.connection import UsbipProtocol
 from usbwire.server.registry import Registry
 
@@ -49,6 +49,7 @@ class Server:
     limits: Limits = field(default_factory=Limits)
     stats: Stats = field(default_factory=Stats)
     policy: AccessPolicy = field(default_factory=AccessPolicy)
+    gate: ImportGate | None = None
 
     def __post_init__(self) -> None:
         self._servers: list[asyncio.base_events.Server] = []
