@@ -115,6 +115,7 @@ class FleetServer:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    control: Path
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -131,8 +132,9 @@ class FleetServer:
 
 def start_fleet_server(etcd: EtcdProcess, name: str, directory: Path, *labels: str) -> FleetServer:
     log_path = directory / f"{name}.log"
+    control = directory / f"{name}.sock"
     command = [
-        *USBWIRE, "serve", "-v", "--demo", "--host", "127.0.0.1", "--port", "0", "--control", "none",
+        *USBWIRE, "serve", "-v", "--demo", "--host", "127.0.0.1", "--port", "0", "--control", str(control),
         "--fleet", etcd.url, "--fleet-name", name, "--fleet-ttl", str(TTL_S),
     ]  # fmt: skip
     for label in labels:
@@ -150,7 +152,7 @@ def start_fleet_server(etcd: EtcdProcess, name: str, directory: Path, *labels: s
         return bool(port)
 
     wait_until(listening, f"server {name} to listen", timeout_s=20)
-    return FleetServer(name, process, port, log_path)
+    return FleetServer(name, process, port, log_path, control)
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ class _Claim:
     revision: int  # etcd mod_revision: a new claim on the same key is another claim
     since: float = field(default_factory=time.monotonic)
     ended: bool = False  # the server ended it and could not yet delete it from etcd
-    urbs: int = -1
+    urbs: tuple[int, int] | None = None
     last_activity: float = field(default_factory=time.monotonic)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
@@ -131,14 +131,16 @@ class Enforcement:
         claim = self.claims.get(busid)
         if claim is None or claim.revision != revision or claim.record.idle_s is None:
             return
+        # A URB submitted or answered since the last look changes one of the connection's two
+        # counters (answered, in flight); a connection that went away is no activity.
         holder = self.registry.holder(busid)
         status = getattr(holder, "status", None)
-        urbs = int(status()["urbs"]) if callable(status) else -1
+        counters = (int(status()["urbs"]), int(status()["in_flight"])) if callable(status) else None
         now = time.monotonic()
-        if urbs != claim.urbs:
-            claim.urbs = urbs
-            if urbs > 0:
+        if counters != claim.urbs:
+            if counters is not None and claim.urbs is not None:
                 claim.last_activity = now
+            claim.urbs = counters
         if now - claim.last_activity >= claim.record.idle_s:
             self._expire(busid, revision, f"no URB for idle {claim.record.idle_s:g} s")
             return
