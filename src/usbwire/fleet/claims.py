@@ -121,7 +121,7 @@ async def read_snapshot(etcd: Etcd) -> Snapshot:
             elif kv.key.startswith(keys.QUEUE):
                 queue.append((kv, WaitRecord.decode(kv.value)))
         except (ValueError, KeyError, TypeError) as error:
-            log.warning("fleet: ignoring malformed %s: %s", kv.key, error)
+            log.warning("ignoring malformed %s: %s", kv.key, error)
     return Snapshot(revision, devices, claims, queue)
 
 
@@ -183,11 +183,11 @@ class FleetClient:
                 remaining = await self.etcd.keep_alive(self.lease)
             except EtcdUnavailable as error:
                 # A restarting etcd extends every lease when it has a leader again: keep trying.
-                log.debug("fleet: keep-alive: %s", error)
+                log.debug("keep-alive: %s", error)
                 await asyncio.sleep(min(RETRY_S, self.ttl_s / 3))
                 continue
             if remaining <= 0:
-                log.warning("fleet: lease lost after %.1f s without a refresh", time.monotonic() - last)
+                log.warning("lease lost after %.1f s without a refresh", time.monotonic() - last)
                 self.lost.set()
                 return
             last = time.monotonic()
@@ -256,7 +256,7 @@ class FleetClient:
             success.append(Put(keys.claim_key(d.server, d.busid), keys.encode(record), self.lease))
         if not await self.etcd.transaction(compare, success):
             return None
-        log.info("fleet: claimed %s", ", ".join(d.id for d in devices))
+        log.info("claimed %s", ", ".join(d.id for d in devices))
         return claimed
 
     async def _next_change(self, revision: int) -> None:

@@ -59,15 +59,15 @@ class Enforcement:
         if busid not in self.registry:
             return busid  # the registry answers "no such device" as usual
         if not self.registration.in_contact or not self.synced.is_set():
-            log.warning("%s: import of %s refused: etcd unreachable for over %d s", client.address, busid,
+            log.info("%s: import of %s refused: etcd unreachable for over %d s", client.address, busid,
                         self.registration.ttl_s)  # fmt: skip
             return OpStatus.NA
         claim = self.claims.get(busid)
         if claim is None or claim.ended:
-            log.warning("%s: import of %s refused: the device is not claimed", client.address, busid)
+            log.info("%s: import of %s refused: the device is not claimed", client.address, busid)
             return OpStatus.NA
         if token is None or not keys.token_matches(token, claim.record.token_sha256):
-            log.warning("%s: import of %s refused: %s token", client.address, busid, "wrong" if token else "no")
+            log.info("%s: import of %s refused: %s token", client.address, busid, "wrong" if token else "no")
             return OpStatus.NA
         claim.last_activity = time.monotonic()
         return busid
@@ -84,7 +84,7 @@ class Enforcement:
                 async for event in self.etcd.watch_prefix(self.prefix, revision + 1):
                     self._apply(event)
             except EtcdUnavailable as error:
-                log.debug("fleet: claims watch: %s", error)
+                log.debug("claims watch: %s", error)
                 await asyncio.sleep(min(RETRY_S, self.registration.ttl_s / 3))
 
     def _reconcile(self, current: list[KeyValue]) -> None:
@@ -108,11 +108,11 @@ class Enforcement:
         try:
             record = ClaimRecord.decode(value)
         except (ValueError, KeyError, TypeError) as error:
-            log.warning("fleet: ignoring a malformed claim on %s: %s", busid, error)
+            log.warning("ignoring a malformed claim on %s: %s", busid, error)
             return
         claim = _Claim(record, revision)
         self.claims[busid] = claim
-        log.info("fleet: %s claimed by %s", busid, record.holder)
+        log.info("%s claimed by %s", busid, record.holder)
         loop = asyncio.get_running_loop()
         if record.max_hold_s is not None:
             reason = f"held for max-hold {record.max_hold_s:g} s"
@@ -125,7 +125,7 @@ class Enforcement:
         for timer in claim.timers:
             timer.cancel()
         if self.registry.evict(busid, reason):
-            log.info("fleet: closed the import of %s: %s", busid, reason)
+            log.info("closed the import of %s: %s", busid, reason)
 
     def _check_idle(self, busid: str, revision: int) -> None:
         claim = self.claims.get(busid)
@@ -155,7 +155,7 @@ class Enforcement:
         claim.ended = True
         for timer in claim.timers:
             timer.cancel()
-        log.info("fleet: ending the claim of %s on %s: %s", claim.record.holder, busid, reason)
+        log.info("ending the claim of %s on %s: %s", claim.record.holder, busid, reason)
         self.registry.evict(busid, reason)
         task = asyncio.get_running_loop().create_task(self._delete(busid, revision))
         self._background.add(task)

@@ -76,7 +76,7 @@ class FleetMember:
         self.server.gate = self.enforcement
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.registration.run()), loop.create_task(self.enforcement.run())]
-        log.info("fleet: joining %s as %s (reached at %s, TTL %d s)", options.url, name, address, options.ttl_s)
+        log.info("joining %s as %s (reached at %s, TTL %d s)", options.url, name, address, options.ttl_s)
 
     async def aclose(self) -> None:
         for task in self._tasks:

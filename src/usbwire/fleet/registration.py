@@ -72,7 +72,6 @@ class Registration:
         self._changed = asyncio.Event()
         self._last_contact = -float("inf")
         self._skipped: set[str] = set()
-        self.registered = asyncio.Event()  # set once everything was written the first time
         registry.listen(lambda _device, _added: self._changed.set())
 
     @property
@@ -93,18 +92,17 @@ class Registration:
                 if self._changed.is_set():
                     self._changed.clear()
                     await self._sync()
-                    self.registered.set()
                 if await self.etcd.keep_alive(self.lease) <= 0:
-                    log.warning("fleet: our lease expired (etcd unreachable for %d s); registering again", self.ttl_s)
+                    log.warning("our lease expired (etcd unreachable for %d s); registering again", self.ttl_s)
                     self.lease = 0
                     continue
                 self._last_contact = time.monotonic()
                 if outage:
-                    log.warning("fleet: etcd reachable again")
+                    log.warning("etcd reachable again")
                     outage = False
             except EtcdUnavailable as error:
                 if not outage:
-                    log.warning("fleet: %s; retrying", error)
+                    log.warning("%s; retrying", error)
                     outage = True
                 self._changed.set()  # a sync may have stopped half-way
                 await asyncio.sleep(min(RETRY_S, self.ttl_s / 3))
@@ -119,7 +117,7 @@ class Registration:
             busid = export.info.busid
             if len(busid) > keys.MAX_BUSID:
                 if busid not in self._skipped:
-                    log.warning("fleet: busid %s is too long to carry a claim token; not registered", busid)
+                    log.warning("busid %s is too long to carry a claim token; not registered", busid)
                     self._skipped.add(busid)
                 continue
             record = describe(export, self.name, self.address, self.labels)

@@ -81,7 +81,7 @@ async def run(
         if attach_devices:
             for item in claimed:
                 ports.append(await asyncio.to_thread(attach, item))
-                log.info("fleet: attached %s on vhci port %d", item.device.id, ports[-1])
+                log.info("attached %s on vhci port %d", item.device.id, ports[-1])
         env = {**os.environ, **command_environment(claimed, ports)}
         process = await asyncio.create_subprocess_exec(*command, env=env)
         try:
