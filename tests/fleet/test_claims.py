@@ -68,6 +68,9 @@ def test_group_claim_across_two_servers_is_all_or_nothing(etcd: EtcdProcess, ser
             taken = await other.claim(Match(("1209:0003", "server=s2")))
             with pytest.raises(FleetError, match="fewer than 2"):
                 await group.claim(keyboards_on_rack_a, count=2, wait=False)
+            # The same pair as one transaction, as a client with an outdated view would try it.
+            snapshot = await group.snapshot()
+            assert await group.claim_devices([snapshot.devices["s1/1-2"], snapshot.devices["s2/1-2"]]) is None
             snapshot, _ = await eventually(etcd.url, lambda s: True, "a snapshot")
             # Nothing half-done: s1's keyboard is still free, only s2's is claimed (by the other client).
             assert {i: c.holder for i, c in snapshot.claims.items()} == {"s2/1-2": "other"}

@@ -60,6 +60,11 @@ def test_max_hold_ends_the_session_on_time(etcd: EtcdProcess, servers: list[Flee
             assert 0.9 <= time.monotonic() - start <= 1.5
             # The server ended the claim in etcd too, so the client learns of it.
             assert await asyncio.wait_for(client.wait_ended([claimed]), 2) == [claimed]
+            # A late release by the old holder leaves the device's next holder alone.
+            async with FleetClient(etcd.url, holder="next") as other:
+                await other.claim(S1_LOOPBACK)
+                await client.release([claimed])
+                assert (await other.snapshot()).claims["s1/1-1"].holder == "next"
 
     asyncio.run(hold())
 

@@ -49,6 +49,7 @@ class Claimed:
 
     device: DeviceRecord
     token: str
+    record: ClaimRecord  # as stored in etcd: only a claim with this very value is ours
 
     @property
     def busid(self) -> str:
@@ -231,40 +232,60 @@ class FleetClient:
                     raise FleetError(f"the fleet has {len(matching)} device(s) matching {' '.join(match.terms)}")
                 chosen = _choose(snapshot, match, count, mine.create_revision)
                 if chosen is not None:
-                    claimed = await self._take(chosen, waiter, max_hold_s, idle_s)
+                    claimed = await self._take(chosen, max_hold_s, idle_s, waiter)
                     if claimed is not None:
                         return claimed
                     continue  # someone was faster: look again
                 if not wait:
                     raise FleetError(f"fewer than {count} matching device(s) are free")
-                await self._next_change(snapshot.revision)
+                await self._next_change(keys.PREFIX, snapshot.revision)
         finally:
             with contextlib.suppress(EtcdUnavailable):
                 await self.etcd.delete(waiter)
 
-    async def _take(
-        self, devices: list[DeviceRecord], waiter: str, max_hold_s: float | None, idle_s: float | None
+    async def claim_devices(
+        self, devices: Sequence[DeviceRecord], *, max_hold_s: float | None = None, idle_s: float | None = None
     ) -> list[Claimed] | None:
-        claimed = [Claimed(d, keys.new_token()) for d in devices]
-        compare = [Compare(waiter, "version", ">", 0)]
-        success: list[Put | Delete] = [Delete(waiter)]
-        for item in claimed:
-            d = item.device
-            compare.append(Compare(keys.device_key(d.server, d.busid), "version", ">", 0))
-            compare.append(Compare(keys.claim_key(d.server, d.busid), "version", "==", 0))
-            record = ClaimRecord(self.holder, keys.token_hash(item.token), max_hold_s, idle_s)
-            success.append(Put(keys.claim_key(d.server, d.busid), keys.encode(record), self.lease))
+        """Claim exactly ``devices`` now, in one transaction: all of them, or (None) none.
+
+        No queueing: None when any of them is claimed already or no longer registered.
+
+        Raises:
+            FleetError: the lease was lost.
+            EtcdUnavailable: etcd did not answer.
+        """
+        await self._ensure_lease()
+        return await self._take(devices, max_hold_s, idle_s)
+
+    async def _take(
+        self, devices: Sequence[DeviceRecord], max_hold_s: float | None, idle_s: float | None, waiter: str = ""
+    ) -> list[Claimed] | None:
+        compare: list[Compare] = []
+        success: list[Put | Delete] = []
+        if waiter:
+            # Still in the queue, so still alive: and leaving it in the same step.
+            compare.append(Compare(waiter, "version", ">", 0))
+            success.append(Delete(waiter))
+        claimed = []
+        for device in devices:
+            token = keys.new_token()
+            item = Claimed(device, token, ClaimRecord(self.holder, keys.token_hash(token), max_hold_s, idle_s))
+            key = keys.claim_key(device.server, device.busid)
+            compare.append(Compare(keys.device_key(device.server, device.busid), "version", ">", 0))
+            compare.append(Compare(key, "version", "==", 0))
+            success.append(Put(key, keys.encode(item.record), self.lease))
+            claimed.append(item)
         if not await self.etcd.transaction(compare, success):
             return None
         log.info("claimed %s", ", ".join(d.id for d in devices))
         return claimed
 
-    async def _next_change(self, revision: int) -> None:
-        """Wait for anything in the fleet to change after ``revision``, or for the lease to be lost."""
+    async def _next_change(self, prefix: str, revision: int) -> None:
+        """Wait for a change under ``prefix`` after ``revision``, or for the lease to be lost."""
 
         async def changed() -> None:
             with contextlib.suppress(EtcdUnavailable):
-                async for _ in self.etcd.watch_prefix(keys.PREFIX, revision + 1):
+                async for _ in self.etcd.watch_prefix(prefix, revision + 1):
                     return
             await asyncio.sleep(RETRY_S)  # the watch broke: look again shortly
 
@@ -274,7 +295,8 @@ class FleetClient:
         """Give devices back now (the servers close their imports)."""
         for item in claimed:
             key = keys.claim_key(item.device.server, item.device.busid)
-            await self.etcd.transaction([Compare(key, "version", ">", 0)], [Delete(key)])
+            # Ours only: once our claim ended, the device may have a new holder.
+            await self.etcd.transaction([Compare(key, "value", "==", keys.encode(item.record))], [Delete(key)])
 
     async def hold(self, claimed: Sequence[Claimed], stop: asyncio.Event) -> AsyncIterator[Claimed]:
         """Keep the claims until ``stop`` is set; yields each claim that ends meanwhile (then release the rest)."""
@@ -293,21 +315,20 @@ class FleetClient:
             if self.lost.is_set():
                 return list(claimed)
             try:
-                snapshot = await read_snapshot(self.etcd)
+                revision, current = await self.etcd.get_prefix(keys.CLAIMS)
             except EtcdUnavailable:
                 # etcd restarting: the lease (and so the claims) may well survive it.
                 await _first(asyncio.sleep(RETRY_S), self.lost.wait())
                 continue
-            ended = [c for c in claimed if not _holds(snapshot, c)]
+            values = {kv.key: kv.value for kv in current}
+            ended = [c for c in claimed if values.get(_claim_key(c)) != keys.encode(c.record)]
             if ended:
                 return ended
-            await self._next_change(snapshot.revision)
+            await self._next_change(keys.CLAIMS, revision)
 
 
-def _holds(snapshot: Snapshot, claimed: Claimed) -> bool:
-    # A claim key deleted and made again is someone else's claim: its token hash differs.
-    record = snapshot.claims.get(claimed.device.id)
-    return record is not None and keys.token_matches(claimed.token, record.token_sha256)
+def _claim_key(claimed: Claimed) -> str:
+    return keys.claim_key(claimed.device.server, claimed.device.busid)
 
 
 def _choose(snapshot: Snapshot, match: Match, count: int, my_revision: int) -> list[DeviceRecord] | None:

@@ -50,12 +50,12 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Compare:
-    """One condition of a transaction: the key's version (0: absent), create or mod revision."""
+    """One condition of a transaction: the key's version (0: absent), create or mod revision, or value."""
 
     key: str
-    target: str  # "version" | "create" | "mod"
+    target: str  # "version" | "create" | "mod" | "value"
     op: str  # "==" | ">" | "<"
-    value: int
+    value: int | bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +150,9 @@ class Etcd:
         txn = self._client.transactions
         checks = []
         for condition in compare:
-            target = {"version": txn.version, "create": txn.create, "mod": txn.mod}[condition.target]
+            target = {"version": txn.version, "create": txn.create, "mod": txn.mod, "value": txn.value}[
+                condition.target
+            ]
             term = target(condition.key.encode())
             if condition.op == "==":
                 checks.append(term == condition.value)
