@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 
 import pytest
 
 import usbwire
-from tests.fleet.conftest import TTL_S, USBWIRE, EtcdProcess, FleetServer, closed_within, eventually
+from tests.fleet.conftest import TTL_S, EtcdProcess, FleetServer, closed_within, eventually
 from usbwire.client.remote import import_device
 from usbwire.errors import DeviceGone, ImportRefused
 from usbwire.fleet import Claimed, FleetClient, Match
@@ -129,14 +128,3 @@ def test_a_server_cut_off_from_etcd_for_longer_than_the_ttl_refuses_imports(
                 break
 
     asyncio.run(cut_off())
-
-
-def test_devices_exported_and_unexported_at_run_time_follow_in_the_fleet(
-    etcd: EtcdProcess, servers: list[FleetServer]
-) -> None:
-    control = ["--control", str(servers[0].control)]
-    subprocess.run([*USBWIRE, "export", "keyboard", "-b", "3-1", *control], check=True, capture_output=True)
-    snapshot, _ = asyncio.run(eventually(etcd.url, lambda s: "s1/3-1" in s.devices, "s1/3-1 to appear"))
-    assert snapshot.devices["s1/3-1"].vid_pid == "1209:0003"
-    subprocess.run([*USBWIRE, "unexport", "-b", "3-1", *control], check=True, capture_output=True)
-    asyncio.run(eventually(etcd.url, lambda s: "s1/3-1" not in s.devices, "s1/3-1 to go"))

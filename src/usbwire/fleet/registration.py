@@ -16,7 +16,7 @@ from pathlib import Path
 from usbwire.backends.base import ExportedDevice
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.fleet import keys
-from usbwire.fleet.etcd import Etcd, EtcdUnavailable
+from usbwire.fleet.etcd import Compare, Etcd, EtcdUnavailable, Put
 from usbwire.fleet.keys import DeviceRecord, ServerRecord
 from usbwire.server.registry import Registry
 
@@ -72,12 +72,17 @@ class Registration:
         self._changed = asyncio.Event()
         self._last_contact = -float("inf")
         self._skipped: set[str] = set()
+        self._name_taken = False
         registry.listen(lambda _device, _added: self._changed.set())
 
     @property
     def in_contact(self) -> bool:
-        """Whether etcd confirmed our lease within the last TTL (else the fleet may have moved on)."""
-        return time.monotonic() - self._last_contact <= self.ttl_s
+        """Whether we are registered and etcd confirmed our lease within the last TTL.
+
+        If not, the fleet may have moved on: claims may have ended that we did not see end, or
+        the claims we follow may be another server's of the same name.
+        """
+        return time.monotonic() - self._last_contact <= self.ttl_s and not self._name_taken
 
     async def run(self) -> None:
         """Register, then refresh and follow the exports, until cancelled."""
@@ -89,7 +94,7 @@ class Registration:
                     self._registered = {}
                     self._changed.set()
                     self._last_contact = time.monotonic()
-                if self._changed.is_set():
+                if self._changed.is_set() or self._name_taken:
                     self._changed.clear()
                     await self._sync()
                 if await self.etcd.keep_alive(self.lease) <= 0:
@@ -110,9 +115,28 @@ class Registration:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self.ttl_s / 3)
 
+    async def _take_name(self, key: str, value: bytes) -> bool:
+        """Register the server record unless another live server has this name; whether we have it."""
+        if await self.etcd.transaction([Compare(key, "version", "==", 0)], [Put(key, value, self.lease)]):
+            return True
+        _, found = await self.etcd.get_prefix(key)
+        return any(kv.key == key and kv.lease == self.lease for kv in found)
+
     async def _sync(self) -> None:
         """Make etcd's records match the registry: put what changed, delete what went."""
-        wanted = {keys.server_key(self.name): keys.encode(ServerRecord(self.name, self.address, self.labels))}
+        server_key = keys.server_key(self.name)
+        record = keys.encode(ServerRecord(self.name, self.address, self.labels))
+        if server_key not in self._registered:
+            if not await self._take_name(server_key, record):
+                # Two servers under one name would overwrite each other's devices. A server
+                # restarted after a crash waits here until its old lease has lapsed.
+                if not self._name_taken:
+                    log.warning("another server is registered as %s; waiting for it to leave", self.name)
+                    self._name_taken = True
+                return
+            self._name_taken = False
+            self._registered[server_key] = record
+        wanted = {server_key: record}
         for export in self.registry:
             busid = export.info.busid
             if len(busid) > keys.MAX_BUSID:
@@ -120,8 +144,8 @@ class Registration:
                     log.warning("busid %s is too long to carry a claim token; not registered", busid)
                     self._skipped.add(busid)
                 continue
-            record = describe(export, self.name, self.address, self.labels)
-            wanted[keys.device_key(self.name, busid)] = keys.encode(record)
+            device = describe(export, self.name, self.address, self.labels)
+            wanted[keys.device_key(self.name, busid)] = keys.encode(device)
         for key, value in wanted.items():
             if self._registered.get(key) != value:
                 await self.etcd.put(key, value, self.lease)
