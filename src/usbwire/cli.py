@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         "--fleet-address", metavar="HOST:PORT", help="where clients reach this server (default: where it listens)"
     )
     fleet_flags.add_argument(
-        "--fleet-ttl", type=int, default=10, metavar="S", help="lease TTL: a dead server leaves the fleet after it"
+        "--fleet-ttl", type=int, metavar="S", help="lease TTL (default 10): a dead server leaves the fleet after it"
     )
     serve.set_defaults(run=_serve)
 
@@ -359,18 +359,33 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
         raise UsbwireError("--mic-tone, --mic-wav and --speaker-out describe the headset: add --audio")
     if args.audio:
         flags["audio"] = AudioOptions(args.mic_tone, args.mic_wav, args.speaker_out)
-    if args.fleet:
-        from usbwire.fleet import FleetOptions
-
-        flags["fleet"] = FleetOptions(
-            args.fleet, args.fleet_name, args.fleet_address, FleetOptions.parse_labels(args.label), args.fleet_ttl
-        )
-    elif args.label or args.fleet_name or args.fleet_address:
-        raise UsbwireError("--label, --fleet-name and --fleet-address need --fleet")
+    if args.fleet or settings.get("fleet"):
+        flags["fleet"] = _fleet_flags(args, settings.get("fleet"))
+    elif args.label or args.fleet_name or args.fleet_address or args.fleet_ttl is not None:
+        raise UsbwireError("--label, --fleet-name, --fleet-address and --fleet-ttl need --fleet")
     limits = settings.get("limits", Limits())
     if args.max_in_flight != Limits().max_in_flight:
         flags["limits"] = dataclasses.replace(limits, max_in_flight=args.max_in_flight)
     return flags
+
+
+def _fleet_flags(args: argparse.Namespace, configured: Any) -> Any:
+    """The fleet options of --config, with what the command line says on top."""
+    from usbwire.fleet import FleetOptions
+
+    fleet = configured or FleetOptions(args.fleet)
+    changes: dict[str, Any] = {}
+    if args.fleet:
+        changes["url"] = args.fleet
+    if args.label:
+        changes["labels"] = FleetOptions.parse_labels(args.label)
+    if args.fleet_name:
+        changes["name"] = args.fleet_name
+    if args.fleet_address:
+        changes["address"] = args.fleet_address
+    if args.fleet_ttl is not None:
+        changes["ttl_s"] = args.fleet_ttl
+    return dataclasses.replace(fleet, **changes)
 
 
 def _list(args: argparse.Namespace) -> int:

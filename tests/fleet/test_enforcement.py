@@ -95,7 +95,7 @@ def test_an_etcd_restart_loses_no_claims(etcd: EtcdProcess, servers: list[FleetS
             await asyncio.to_thread(etcd.stop)
             await asyncio.to_thread(etcd.start)
             # Several TTLs after the restart, the claim is still there: the client's lease survived.
-            await asyncio.sleep(3 * client.ttl_s)
+            await asyncio.sleep(2 * client.ttl_s)
             snapshot, _ = await eventually(etcd.url, lambda s: len(s.devices) == 15, "the servers to be back")
             assert snapshot.claims["s1/1-1"].holder == "survivor"
             assert snapshot.claims["s1/1-1"].token_sha256 == token_hash(claimed.token)

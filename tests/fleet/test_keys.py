@@ -1,13 +1,15 @@
-"""The key schema's pieces that need no etcd: match terms, tokens in the busid field, the optional client."""
+"""Fleet pieces that need no etcd: match terms, tokens in the busid field, settings, the optional client."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from usbwire.fleet import DeviceRecord, FleetError, Match
+from usbwire import UsbwireError, load_config
+from usbwire.fleet import DeviceRecord, FleetError, FleetOptions, Match
 from usbwire.fleet.keys import MAX_BUSID, import_busid, new_token, split_busid, token_hash, token_matches
 from usbwire.protocol.pdu import OpReqImport
 
@@ -82,3 +84,15 @@ def test_serve_with_fleet_but_without_the_etcd_client_says_what_to_install() -> 
         1,
         "usbwire: error: fleet mode needs the etcd client: pip install 'usbwire[fleet]'",
     )
+
+
+def test_config_file_fleet_table_becomes_fleet_options(tmp_path: Path) -> None:
+    config = tmp_path / "usbwire.toml"
+    config.write_text(
+        '[fleet]\nurl = "etcd://etcd1:2379"\nname = "rack-a-3"\nttl = 4\nlabels = { rack = "a", board = "imx8" }\n'
+    )
+    fleet = load_config(config)["fleet"]
+    assert fleet == FleetOptions("etcd://etcd1:2379", "rack-a-3", None, {"rack": "a", "board": "imx8"}, 4)
+    config.write_text('[fleet]\nurl = "etcd://etcd1:2379"\ncolour = "red"\n')
+    with pytest.raises(UsbwireError, match=r"unknown settings fleet\.colour"):
+        load_config(config)
