@@ -130,15 +130,20 @@ class FleetServer:
         return self.log_path.read_text()
 
 
-def start_fleet_server(etcd: EtcdProcess, name: str, directory: Path, *labels: str) -> FleetServer:
+def start_fleet_server(
+    etcd: EtcdProcess, name: str, directory: Path, *labels: str, port: int = 0, address: str | None = None
+) -> FleetServer:
+    """``usbwire serve --demo --fleet`` on 127.0.0.1:``port`` (0: any), registered as reached at ``address``."""
     log_path = directory / f"{name}.log"
     control = directory / f"{name}.sock"
     command = [
-        *USBWIRE, "serve", "-v", "--demo", "--host", "127.0.0.1", "--port", "0", "--control", str(control),
+        *USBWIRE, "serve", "-v", "--demo", "--host", "127.0.0.1", "--port", str(port), "--control", str(control),
         "--fleet", etcd.url, "--fleet-name", name, "--fleet-ttl", str(TTL_S),
     ]  # fmt: skip
     for label in labels:
         command += ["--label", label]
+    if address is not None:
+        command += ["--fleet-address", address]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     port = 0

@@ -14,6 +14,7 @@ from tests.fleet.conftest import USBWIRE, EtcdProcess, FleetServer, eventually, 
 
 from .scenarios import kernel_client, run_usbfs
 from .session import Lab
+from .vm import free_tcp_port
 
 pytestmark = pytest.mark.lab
 
@@ -72,3 +73,33 @@ def test_stock_usbip_attach_imports_a_claimed_device_with_its_token_only(
         if holder.poll() is None:
             holder.kill()
             holder.wait(timeout=10)
+
+
+def test_fleet_run_in_the_guest_attaches_the_claimed_device_for_the_command_and_releases_it(
+    lab: Lab, tmp_path: Path
+) -> None:
+    etcd = EtcdProcess(tmp_path / "etcd-data", tmp_path / "etcd.log")
+    etcd.start()
+    port = free_tcp_port()
+    # Registered as the guest reaches it: the host's loopback is 10.0.2.2 there.
+    server = start_fleet_server(etcd, "lab", tmp_path, port=port, address=f"10.0.2.2:{port}")
+    try:
+        asyncio.run(eventually(etcd.url, lambda s: "lab/1-1" in s.devices, "the server to register"))
+        with kernel_client(lab) as client:
+            vm = client.vm
+            command = "cat /sys/bus/usb/devices/*/product; usbip port"
+            result = vm.chroot_run(
+                f"{vm.python} -m usbwire fleet run --fleet etcd://10.0.2.2:{etcd.client_port} --match 1209:0001"
+                f" --attach -- sh -c '{command}'",
+                120,
+            )
+            assert result.ok, result.describe()
+            assert "Bulk loopback" in result.out, result.describe()
+            assert f"usbip://10.0.2.2:{port}/1-1#" in result.out, result.describe()
+            # Afterwards: detached in the guest, released in the fleet.
+            vm.wait_for_usb(0x1209, 0x0001, present=False)
+            snapshot, _ = asyncio.run(eventually(etcd.url, lambda s: True, "a snapshot"))
+            assert not snapshot.claims
+    finally:
+        server.stop()
+        etcd.stop()

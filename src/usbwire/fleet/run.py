@@ -26,6 +26,7 @@ log = logging.getLogger("usbwire.fleet")
 # The previous holder's import may still be closing when our claim starts: the server answers
 # "busy" until the device's close has finished.
 ATTACH_BUSY_WAIT_S = 5.0
+ENUMERATION_WAIT_S = 20.0
 
 
 def command_environment(claimed: Sequence[Claimed], ports: Sequence[int] = ()) -> dict[str, str]:
@@ -59,6 +60,27 @@ def attach(claimed: Claimed) -> int:
         time.sleep(0.1)  # polling the server: it does not tell us when the device is free
 
 
+def wait_enumerated(port: int, timeout_s: float = ENUMERATION_WAIT_S) -> str:
+    """The local busid of the device on vhci ``port``, once the kernel has enumerated it.
+
+    The attach returns as soon as vhci has the socket; the kernel reads the descriptors and
+    creates the device afterwards. A command started before that would not find its device.
+
+    Raises:
+        VhciError: the device did not appear in time.
+    """
+    machine = vhci.Vhci()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for item in machine.imported():
+            busid = item.port.local_busid
+            if item.port.number == port and busid != "0-0" and "idProduct" in machine.local_device(busid):
+                return busid
+        if time.monotonic() > deadline:
+            raise vhci.VhciError(f"the device on vhci port {port} did not enumerate within {timeout_s:g} s")
+        time.sleep(0.05)  # polling the kernel: sysfs has no event to wait on here
+
+
 async def run(
     fleet: FleetClient,
     match: Match,
@@ -73,7 +95,8 @@ async def run(
 
     Raises:
         FleetError: the claim failed.
-        ImportRefused, VhciError: attaching failed (the claim is released all the same).
+        ImportRefused, VhciError: attaching failed, or the device did not enumerate (the claim is
+            released all the same).
     """
     claimed = await fleet.claim(match, count, max_hold_s=max_hold_s, idle_s=idle_s)
     ports: list[int] = []
@@ -81,7 +104,8 @@ async def run(
         if attach_devices:
             for item in claimed:
                 ports.append(await asyncio.to_thread(attach, item))
-                log.info("attached %s on vhci port %d", item.device.id, ports[-1])
+                local = await asyncio.to_thread(wait_enumerated, ports[-1])
+                log.info("attached %s on vhci port %d as %s", item.device.id, ports[-1], local)
         env = {**os.environ, **command_environment(claimed, ports)}
         process = await asyncio.create_subprocess_exec(*command, env=env)
         try:
