@@ -699,6 +699,8 @@ def _fleet_release(args: argparse.Namespace) -> int:
 
 
 def _fleet_run(args: argparse.Namespace) -> int:
+    import signal
+
     from usbwire import fleet
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -706,6 +708,10 @@ def _fleet_run(args: argparse.Namespace) -> int:
         raise UsbwireError("no command to run (usbwire fleet run --match ... -- COMMAND)")
 
     async def run() -> int:
+        # SIGTERM (a CI job cancelled) ends the command and releases, as Ctrl-C does.
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         async with _fleet_client(args) as client:
             return await fleet.run(
                 client,
@@ -717,4 +723,7 @@ def _fleet_run(args: argparse.Namespace) -> int:
                 idle_s=args.idle,
             )
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM

@@ -193,3 +193,22 @@ def test_claim_of_something_the_fleet_lacks_fails_at_once(etcd: EtcdProcess, ser
         1,
         "usbwire: error: the fleet has 0 device(s) matching dead:beef\n",
     )
+
+
+def test_fleet_run_cancelled_with_sigterm_ends_the_command_and_releases_at_once(
+    etcd: EtcdProcess, servers: list[FleetServer]
+) -> None:
+    # A TTL of 60 s: the claim must go because it is released, not because the lease lapsed.
+    runner = subprocess.Popen(
+        [*USBWIRE, "fleet", "run", "--fleet", etcd.url, "--match", "1209:0001", "--match", "server=s3",
+         "--ttl", "60", "--", "sleep", "60"],
+    )  # fmt: skip
+    try:
+        asyncio.run(eventually(etcd.url, lambda s: "s3/1-1" in s.claims, "the claim"))
+        runner.terminate()
+        assert runner.wait(timeout=10) == 128 + signal.SIGTERM
+        _, gone_after = asyncio.run(eventually(etcd.url, lambda s: not s.claims, "the release"))
+        assert gone_after < 1
+    finally:
+        if runner.poll() is None:
+            runner.kill()
