@@ -37,7 +37,13 @@ class _Claim:
     ended: bool = False  # the server ended it and could not yet delete it from etcd
     urbs: tuple[int, int] | None = None
     last_activity: float = field(default_factory=time.monotonic)
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    max_hold_timer: asyncio.TimerHandle | None = None
+    idle_timer: asyncio.TimerHandle | None = None
+
+    def cancel_timers(self) -> None:
+        for timer in (self.max_hold_timer, self.idle_timer):
+            if timer is not None:
+                timer.cancel()
 
 
 class Enforcement:
@@ -115,14 +121,13 @@ class Enforcement:
         loop = asyncio.get_running_loop()
         if record.max_hold_s is not None:
             reason = f"held for max-hold {record.max_hold_s:g} s"
-            claim.timers.append(loop.call_later(record.max_hold_s, self._expire, busid, revision, reason))
+            claim.max_hold_timer = loop.call_later(record.max_hold_s, self._expire, busid, revision, reason)
         if record.idle_s is not None:
-            claim.timers.append(loop.call_later(record.idle_s / IDLE_CHECKS, self._check_idle, busid, revision))
+            claim.idle_timer = loop.call_later(record.idle_s / IDLE_CHECKS, self._check_idle, busid, revision)
 
     def _end(self, busid: str, reason: str) -> None:
         claim = self.claims.pop(busid)
-        for timer in claim.timers:
-            timer.cancel()
+        claim.cancel_timers()
         if self.registry.evict(busid, reason):
             log.info("closed the import of %s: %s", busid, reason)
 
@@ -144,7 +149,7 @@ class Enforcement:
             self._expire(busid, revision, f"no URB for idle {claim.record.idle_s:g} s")
             return
         delay = claim.record.idle_s / IDLE_CHECKS
-        claim.timers.append(asyncio.get_running_loop().call_later(delay, self._check_idle, busid, revision))
+        claim.idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle, busid, revision)
 
     def _expire(self, busid: str, revision: int, reason: str) -> None:
         """The server's own end of a claim: close the import now, delete the claim from etcd."""
@@ -152,8 +157,7 @@ class Enforcement:
         if claim is None or claim.revision != revision or claim.ended:
             return
         claim.ended = True
-        for timer in claim.timers:
-            timer.cancel()
+        claim.cancel_timers()
         log.info("ending the claim of %s on %s: %s", claim.record.holder, busid, reason)
         self.registry.evict(busid, reason)
         task = asyncio.get_running_loop().create_task(self._delete(busid, revision))
@@ -177,5 +181,4 @@ class Enforcement:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for claim in self.claims.values():
-            for timer in claim.timers:
-                timer.cancel()
+            claim.cancel_timers()

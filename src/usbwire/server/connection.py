@@ -189,7 +189,8 @@ class UsbipProtocol(asyncio.Protocol):
         if self.server.gate is not None:
             admitted = self.server.gate.admit(requested, self.client)
             if isinstance(admitted, OpStatus):
-                log.warning("%s import of %r refused by the fleet: %s", self.peer, requested, admitted.text)
+                # Not the busid field itself: in fleet mode it may hold a claim's token.
+                log.warning("%s import refused by the import gate: %s", self.peer, admitted.text)
                 self.send(self.conn.send(OpRepImport(status=admitted)))
                 self._close(None)
                 return
