@@ -14,7 +14,7 @@ import pytest
 
 from tests.fleet.conftest import TTL_S, USBWIRE, EtcdProcess, FleetServer, closed_within, eventually
 from usbwire.client.remote import import_device
-from usbwire.fleet import FleetClient, FleetError, Match
+from usbwire.fleet import Claimed, FleetClient, FleetError, Match
 
 LOOPBACK = Match(("1209:0001",))  # one per server: three in the fleet
 
@@ -26,11 +26,14 @@ def test_ten_clients_race_for_three_devices_three_win_and_the_rest_get_them_in_q
         clients = [FleetClient(etcd.url, holder=f"client-{i}", ttl_s=5) for i in range(10)]
         tasks = {asyncio.ensure_future(c.claim(LOOPBACK)): c for c in clients}
         try:
-            snapshot, _ = await eventually(
-                etcd.url, lambda s: len(s.claims) == 3 and len(s.queue) == 7, "3 claims and 7 waiters"
-            )
-            done = {t for t in tasks if t.done()}
-            assert len(done) == 3
+            done: set[asyncio.Task[list[Claimed]]] = set()
+            while len(done) < 3:
+                finished, _ = await asyncio.wait(set(tasks) - done, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+                assert finished, f"only {len(done)} client(s) got a device"
+                done |= finished
+            snapshot, _ = await eventually(etcd.url, lambda s: len(s.queue) == 7, "7 waiters")
+            assert len(snapshot.claims) == 3
+            assert {t for t in tasks if t.done()} == done
             winners = {tasks[t].holder for t in done}
             assert winners == {c.holder for c in snapshot.claims.values()}
             # Three devices, three distinct winners: no device was claimed twice.

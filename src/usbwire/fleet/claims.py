@@ -221,6 +221,7 @@ class FleetClient:
         lease = await self._ensure_lease()
         waiter = f"{keys.QUEUE}{lease:016x}-{next(self._waiters)}"
         await self.etcd.put(waiter, keys.encode(WaitRecord(self.holder, list(match.terms), count)), lease)
+        claimed: list[Claimed] | None = None
         try:
             while True:
                 snapshot = await read_snapshot(self.etcd)
@@ -240,8 +241,9 @@ class FleetClient:
                     raise FleetError(f"fewer than {count} matching device(s) are free")
                 await self._next_change(keys.PREFIX, snapshot.revision)
         finally:
-            with contextlib.suppress(EtcdUnavailable):
-                await self.etcd.delete(waiter)
+            if claimed is None:  # a successful claim left the queue in its transaction
+                with contextlib.suppress(EtcdUnavailable):
+                    await self.etcd.delete(waiter)
 
     async def claim_devices(
         self, devices: Sequence[DeviceRecord], *, max_hold_s: float | None = None, idle_s: float | None = None

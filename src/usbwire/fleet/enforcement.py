@@ -56,11 +56,12 @@ class Enforcement:
         self.prefix = keys.CLAIMS + registration.name + "/"
         self.claims: dict[str, _Claim] = {}
         self.synced = asyncio.Event()  # the claims were read at least once
+        self._applied: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     # -- the gate ------------------------------------------------------------------------------
 
-    def admit(self, requested: str, client: Client) -> str | OpStatus:
+    async def admit(self, requested: str, client: Client) -> str | OpStatus:
         busid, token = keys.split_busid(requested)
         if busid not in self.registry:
             return busid  # the registry answers "no such device" as usual
@@ -68,23 +69,31 @@ class Enforcement:
             log.info("%s: import of %s refused: not in touch with the fleet", client.address, busid)
             return OpStatus.NA
         claim = self.claims.get(busid)
+        if token and (claim is None or not keys.token_matches(token, claim.record.token_sha256)):
+            # A client may import the moment its claim is made, before our watch brings it.
+            await self._read_claim(busid)
+            claim = self.claims.get(busid)
         if claim is None or claim.ended:
             log.info("%s: import of %s refused: the device is not claimed", client.address, busid)
             return OpStatus.NA
-        if token is None or not keys.token_matches(token, claim.record.token_sha256):
+        if not token or not keys.token_matches(token, claim.record.token_sha256):
             log.info("%s: import of %s refused: %s token", client.address, busid, "wrong" if token else "no")
             return OpStatus.NA
         claim.last_activity = time.monotonic()
         return busid
 
     # -- following the claims ------------------------------------------------------------------
+    #
+    # Each device's claim is set from whichever news is newest: the watch's events, a full read
+    # after an outage, or admit()'s read of one key. ``_applied`` keeps the etcd revision each
+    # device's state is from, so older news (a watch event behind a direct read) changes nothing.
 
     async def run(self) -> None:
         """Read the claims, then follow them, until cancelled; read again after every outage."""
         while True:
             try:
                 revision, current = await self.etcd.get_prefix(self.prefix)
-                self._reconcile(current)
+                self._reconcile(revision, current)
                 self.synced.set()
                 async for event in self.etcd.watch_prefix(self.prefix, revision + 1):
                     self._apply(event)
@@ -92,22 +101,40 @@ class Enforcement:
                 log.debug("claims watch: %s", error)
                 await asyncio.sleep(min(RETRY_S, self.registration.ttl_s / 3))
 
-    def _reconcile(self, current: list[KeyValue]) -> None:
+    def _reconcile(self, revision: int, current: list[KeyValue]) -> None:
         seen = {kv.key[len(self.prefix) :]: kv for kv in current}
-        for busid in list(self.claims):
-            kv = seen.get(busid)
-            if kv is None or kv.mod_revision != self.claims[busid].revision:
-                self._end(busid, "its fleet claim ended")
-        for busid, kv in seen.items():
-            if busid not in self.claims:
-                self._start(busid, kv.value, kv.mod_revision)
+        for busid in set(self.claims) | set(seen):
+            if self._applied.get(busid, 0) <= revision:
+                self._applied[busid] = revision
+                kv = seen.get(busid)
+                self._set(busid, kv.value if kv else None, kv.mod_revision if kv else 0)
 
     def _apply(self, event: Event) -> None:
         busid = event.key[len(self.prefix) :]
-        if busid in self.claims:
+        if event.revision > self._applied.get(busid, 0):
+            self._applied[busid] = event.revision
+            self._set(busid, event.value, event.revision)
+
+    async def _read_claim(self, busid: str) -> None:
+        key = self.prefix + busid
+        try:
+            revision, found = await self.etcd.get_prefix(key)
+        except EtcdUnavailable:
+            return
+        if revision > self._applied.get(busid, 0):
+            self._applied[busid] = revision
+            kv = next((kv for kv in found if kv.key == key), None)
+            self._set(busid, kv.value if kv else None, kv.mod_revision if kv else 0)
+
+    def _set(self, busid: str, value: bytes | None, revision: int) -> None:
+        """Make ``busid``'s claim the one stored at ``revision`` (None: no claim)."""
+        current = self.claims.get(busid)
+        if current is not None and value is not None and current.revision == revision:
+            return
+        if current is not None:
             self._end(busid, "its fleet claim ended")
-        if event.value is not None:
-            self._start(busid, event.value, event.revision)
+        if value is not None:
+            self._start(busid, value, revision)
 
     def _start(self, busid: str, value: bytes, revision: int) -> None:
         try:

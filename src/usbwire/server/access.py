@@ -116,7 +116,7 @@ class AccessPolicy:
 class ImportGate(Protocol):
     """A second say over every IMPORT, after the policy (fleet mode: only a claim's holder)."""
 
-    def admit(self, requested: str, client: Client) -> str | OpStatus:
+    async def admit(self, requested: str, client: Client) -> str | OpStatus:
         """The busid to import for the IMPORT's busid field ``requested``, or the status refusing it.
 
         The reply echoes ``requested`` whatever busid it maps to: Linux's ``usbip attach``

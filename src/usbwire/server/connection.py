@@ -184,17 +184,28 @@ class UsbipProtocol(asyncio.Protocol):
         log.info("%s listed %d device(s)", self.peer, len(devices))
         self._close(None)
 
-    def _import(self, requested: str) -> None:
-        busid = requested
+    def _import(self, busid: str) -> None:
         if self.server.gate is not None:
-            admitted = self.server.gate.admit(requested, self.client)
-            if isinstance(admitted, OpStatus):
-                # Not the busid field itself: in fleet mode it may hold a claim's token.
-                log.warning("%s import refused by the import gate: %s", self.peer, admitted.text)
-                self.send(self.conn.send(OpRepImport(status=admitted)))
-                self._close(None)
-                return
-            busid = admitted
+            # The gate may have to ask elsewhere (fleet mode: etcd). Meanwhile the state machine
+            # holds whatever else arrives until the reply has been sent.
+            asyncio.get_running_loop().create_task(self._import_through_gate(busid))
+            return
+        self._import_admitted(busid, busid)
+
+    async def _import_through_gate(self, requested: str) -> None:
+        assert self.server.gate is not None
+        admitted = await self.server.gate.admit(requested, self.client)
+        if self._closing:
+            return
+        if isinstance(admitted, OpStatus):
+            # Not the busid field itself: in fleet mode it holds a claim's token.
+            log.warning("%s import refused by the import gate: %s", self.peer, admitted.text)
+            self.send(self.conn.send(OpRepImport(status=admitted)))
+            self._close(None)
+            return
+        self._import_admitted(admitted, requested)
+
+    def _import_admitted(self, busid: str, requested: str) -> None:
         # The reply names the device as the request did (BUSID#TOKEN in fleet mode).
         self._reply_busid = requested
         device = self.server.registry.get(busid)
