@@ -10,6 +10,7 @@ from usbwire.client.persist import Persistent, persistent_states
 from usbwire.client.vhci import Vhci, VhciError
 from usbwire.client.vhci import attach as vhci_attach
 from usbwire.config import load as load_config
+from usbwire.devices.uvc import WebcamConfig
 from usbwire.errors import (
     AuthenticationFailed,
     ControlError,
@@ -63,6 +64,7 @@ __all__ = [
     "UsbwireError",
     "Vhci",
     "VhciError",
+    "WebcamConfig",
     "__version__",
     "bind",
     "certs_client",

@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         help="event loop (auto: uvloop when installed, it is faster)",
     )
     audio = serve.add_argument_group("emulated headset (USB Audio: speaker and microphone, 48 kHz 16-bit stereo)")
-    audio.add_argument("--audio", action="store_true", help="also export the headset (busid 1-6 when free)")
+    audio.add_argument("--audio", action="store_true", help="also export the headset (at the next free busid)")
     source = audio.add_mutually_exclusive_group()
     source.add_argument("--mic-tone", type=int, metavar="HZ", help="the microphone plays a sine tone (default 1000)")
     source.add_argument("--mic-wav", metavar="FILE", help="the microphone plays a 16-bit WAV file, round and round")
@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write what clients play to the speaker to PATH: WAV, or raw s16le stereo if PATH ends in .raw",
     )
+    _webcam_arguments(serve)
     fleet_flags = serve.add_argument_group("fleet mode (needs usbwire[fleet])")
     fleet_flags.add_argument(
         "--fleet", metavar="etcd://HOST:PORT", help="register in this fleet; import devices only under its claims"
@@ -329,6 +330,47 @@ def _control_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _webcam_arguments(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("webcam (an emulated USB Video Class camera, exported besides the rest)")
+    group.add_argument("--webcam", action="store_true", help="export an emulated webcam at the next free busid")
+    group.add_argument(
+        "--format",
+        action="append",
+        choices=["yuyv", "mjpeg"],
+        help="frame format to offer (repeatable; default: both, MJPEG only with Pillow installed)",
+    )
+    group.add_argument("--size", metavar="WxH", help="the one frame size to offer (default 160x120, 320x240, 640x480)")
+    group.add_argument("--fps", type=int, metavar="N", help="the one frame rate to offer (default 30, 15, 10, 5)")
+    group.add_argument(
+        "--webcam-transfer", choices=["iso", "bulk"], default="iso", help="stream over iso (default) or bulk"
+    )
+    group.add_argument(
+        "--webcam-speed",
+        choices=["high", "full"],
+        default="high",
+        help="link speed (default high); only modes that fit its bandwidth are offered",
+    )
+    group.add_argument(
+        "--webcam-image", metavar="FILE", help="send this image (JPEG, raw YUYV, or what Pillow reads), not a pattern"
+    )
+
+
+def _webcam(args: argparse.Namespace) -> usbwire.WebcamConfig | None:
+    given = [f"--{name.replace('_', '-')}" for name in ("format", "size", "fps", "webcam_image") if getattr(args, name)]
+    if not args.webcam:
+        if given or args.webcam_transfer != "iso" or args.webcam_speed != "high":
+            raise UsbwireError(f"{', '.join(given) or '--webcam-transfer, --webcam-speed'}: only with --webcam")
+        return None
+    return usbwire.WebcamConfig.parse(
+        formats=args.format or (),
+        size=args.size,
+        fps=args.fps,
+        transfer=args.webcam_transfer,
+        speed=args.webcam_speed,
+        image=args.webcam_image,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     if args.verbose == 0:
         logging.getLogger().setLevel(logging.INFO)
@@ -348,6 +390,9 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
         flags["demo"] = True
     if args.export:
         flags["exports"] = tuple(args.export)
+    webcam = _webcam(args)
+    if webcam is not None:
+        flags["webcam"] = webcam
     if args.backend != "libusb" or "backend" not in settings:
         flags["backend"] = args.backend
     for name in ("tls_cert", "tls_key", "client_ca", "user"):

@@ -12,6 +12,7 @@ from usbwire.devices.hid import Button, Keyboard, Mouse
 from usbwire.devices.loopback import Loopback
 from usbwire.devices.msc import scratch_disk
 from usbwire.devices.uac import Headset
+from usbwire.devices.uvc import Webcam
 from usbwire.errors import ControlError
 from usbwire.server.control import ControlServer
 from usbwire.server.registry import Registry
@@ -24,6 +25,7 @@ DEVICE_KINDS: dict[str, tuple[Callable[[], Device], str]] = {
     "mouse": (Mouse, "HID boot mouse"),
     "serial": (Serial, "CDC-ACM serial port"),
     "headset": (Headset, "USB Audio speaker and microphone (a 1 kHz test tone)"),
+    "webcam": (Webcam, "USB Video Class webcam (YUYV; MJPEG too with Pillow)"),
 }
 # Order fixes the busids (1-1, 1-2, ...): never reorder, only append.
 DEMO_SET = ("loopback", "keyboard", "mouse", "serial", "disk")
@@ -44,16 +46,29 @@ def add_export_command(control: ControlServer, registry: Registry) -> None:
         kind = str(params["device"])
         if kind not in DEVICE_KINDS:
             raise ControlError(f"unknown device kind {kind!r} (known: {', '.join(DEVICE_KINDS)})")
-        busid = str(params.get("busid") or _free_busid(registry))
-        if busid in registry:
+        busid = params.get("busid")
+        if busid and str(busid) in registry:
             raise ControlError(f"busid {busid} is already exported")
-        device = EmulatedExport(DEVICE_KINDS[kind][0](), *_position(busid))
-        registry.add(device)
-        return {"busid": busid, "device": kind}
+        export = export_device(registry, DEVICE_KINDS[kind][0](), str(busid) if busid else None)
+        return {"busid": export.busid, "device": kind}
 
     control.commands["export"] = export
     control.commands["type"] = _typer(registry)
     control.commands["mouse"] = _mover(registry)
+
+
+def export_device(registry: Registry, device: Device, busid: str | None = None) -> EmulatedExport:
+    """Export ``device`` at ``busid`` (default: the first free one on bus 1, after the demo set)."""
+    busid = busid or _free_busid(registry)
+    busnum, _, devnum = busid.partition("-")
+    export = EmulatedExport(
+        device,
+        busid=busid,
+        busnum=int(busnum) if busnum.isdigit() else 1,
+        devnum=int(devnum) + 1 if devnum.isdigit() else 2,
+    )
+    registry.add(export)
+    return export
 
 
 def find_device(registry: Registry, kind: type[Device], busid: str | None) -> Device:
@@ -96,16 +111,6 @@ def _mover(registry: Registry) -> Callable[[dict[str, Any]], Any]:
         return {"reports": reports}
 
     return move
-
-
-def free_position(registry: Registry, preferred: str) -> tuple[str, int, int]:
-    """``preferred`` (busid, busnum, devnum) when it is free, else the next free 1-N."""
-    return _position(preferred if preferred not in registry else _free_busid(registry))
-
-
-def _position(busid: str) -> tuple[str, int, int]:
-    busnum, _, devnum = busid.partition("-")
-    return busid, int(busnum) if busnum.isdigit() else 1, int(devnum) + 1 if devnum.isdigit() else 2
 
 
 def _free_busid(registry: Registry) -> str:

@@ -16,6 +16,7 @@ from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.cdc import Serial
 from usbwire.devices.cdc.pty import PtyBridge
 from usbwire.devices.uac import Headset, ToneSource, WavSource, open_sink
+from usbwire.devices.uvc import Webcam, WebcamConfig
 from usbwire.errors import UsbwireError
 from usbwire.exports import ExportRules, RealDevices
 from usbwire.protocol.constants import DEFAULT_PORT
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
     from usbwire.fleet.member import FleetOptions
 
 log = logging.getLogger("usbwire")
-# After the demo set's 1-1..1-5, so a client finds the headset at the same busid every time.
-AUDIO_BUSID = "1-6"
 T = TypeVar("T")
 
 
@@ -70,6 +69,8 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     # Emulated devices served besides the demo set or the real devices.
     audio: AudioOptions | None = None
+    # An emulated webcam to export besides everything else (at the next free busid).
+    webcam: WebcamConfig | None = None
     # Register in a fleet (etcd) and import devices only under its claims.
     fleet: FleetOptions | None = None
 
@@ -90,6 +91,8 @@ def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
     # Opened first, so a missing WAV file fails before anything is exported.
     headset = options.audio.device() if options.audio is not None else None
+    # First, so a webcam that cannot be (a mode the link cannot carry, a bad image) stops the start.
+    webcam = Webcam(options.webcam) if options.webcam is not None else None
     server = Server(limits=options.limits, policy=options.policy)
     rules = ExportRules.parse(options.exports)
     real = RealDevices(server.registry, rules, options.backend) if rules else None
@@ -98,12 +101,16 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
             log.info("no devices configured: serving the demo devices")
         for export in demo.demo_exports():
             server.registry.add(export)
-    if headset is not None:
-        export = EmulatedExport(headset, *demo.free_position(server.registry, AUDIO_BUSID))
-        server.registry.add(export)
-        log.info("headset (speaker and microphone) at busid %s", export.busid)
     if real is not None:
         await real.start()
+    # After the real devices, so their busids are taken; the headset first, so with the demo
+    # set it is 1-6 and the webcam 1-7 (or 1-6 alone) every time.
+    if headset is not None:
+        export = demo.export_device(server.registry, headset)
+        log.info("headset (speaker and microphone) at busid %s", export.busid)
+    if webcam is not None:
+        export = demo.export_device(server.registry, webcam)
+        log.info("webcam at %s: %s", export.busid, webcam.describe())
     context = None
     if options.tls_cert:
         context = tls.server_context(options.tls_cert, options.tls_key or options.tls_cert, options.client_ca)

@@ -78,8 +78,13 @@ async def read_event(conn: ClientConnection, reader: asyncio.StreamReader) -> Ev
             try:
                 conn.receive_data(await reader.read(65536))
             except SSLError as error:
-                # TLS 1.3 reports a refused client certificate on the first read.
+                # TLS 1.3 reports a refused client certificate on the first read...
                 raise ServerUnreachable(describe_tls_error(error)) from None
+            except ConnectionResetError:
+                # ...or, when our request crossed the server's close, as a reset.
+                raise RemoteProtocolError(
+                    "the server reset the connection", field="state", value=conn.state.name
+                ) from None
             continue
         if isinstance(event, ConnectionClosed):
             raise RemoteProtocolError("the server closed the connection", field="state", value=conn.state.name)

@@ -104,13 +104,15 @@ class Device:
 
     async def control(self, setup: Setup, data: bytes) -> bytes:
         """Answer one control transfer; raises Stall to refuse it."""
-        if setup.type == RequestType.STANDARD:
+        # Plain bit tests rather than Setup's properties: this runs for every control URB.
+        request_type = setup.request_type
+        if request_type & 0x60 == RequestType.STANDARD << 5:
             result = self.standard_request(setup, data)
         else:
             result = await self.class_request(setup, data)
         if result is None:
             return b""
-        return result[: setup.length] if setup.direction == Direction.IN else b""
+        return result[: setup.length] if request_type & 0x80 else b""
 
     async def transfer(self, endpoint: Endpoint, data: bytes, length: int) -> bytes:
         """A bulk or interrupt transfer: OUT hands ``data`` over, IN returns up to ``length``."""
@@ -121,8 +123,12 @@ class Device:
             return b""
         return await self.handle_in(endpoint, length)
 
-    async def isochronous(self, endpoint: Endpoint, data: bytes, packets: Sequence[IsoPacket]) -> IsoCompletion:
+    async def isochronous(
+        self, endpoint: Endpoint, data: bytes, packets: Sequence[IsoPacket], start_frame: int | None = None
+    ) -> IsoCompletion:
         """An iso transfer, paced like the bus: it completes when its packets' slots have passed.
+
+        ``start_frame`` is the frame the host asked for (no ``URB_ISO_ASAP``), None for ASAP.
 
         OUT hands each packet's bytes to :meth:`iso_out` at once; IN asks :meth:`iso_in` for the
         packets when their slots are over, as a device fills them during those (micro)frames.
@@ -132,7 +138,7 @@ class Device:
         clock = self._iso_clocks.get(endpoint.address)
         if clock is None:
             clock = self._iso_clocks[endpoint.address] = IsoClock(service_interval(endpoint, self.speed))
-        slot = clock.reserve(len(packets), asyncio.get_running_loop().time())
+        slot = clock.reserve(len(packets), asyncio.get_running_loop().time(), start_frame)
         try:
             if endpoint.direction == Direction.OUT:
                 await self.iso_out(endpoint, [data[p.offset : p.offset + p.length] for p in packets])
@@ -199,7 +205,7 @@ class Device:
     # -- chapter 9 ---------------------------------------------------------------------------
 
     def standard_request(self, setup: Setup, data: bytes) -> bytes | None:
-        handler = _STANDARD.get((setup.request, setup.direction))
+        handler = _STANDARD.get((setup.request, setup.request_type >> 7))
         if handler is None:
             raise Stall(f"unsupported standard request {setup}")
         return handler(self, setup)
@@ -290,7 +296,7 @@ def _set_feature(device: Device, setup: Setup) -> None:
     device._feature(setup, on=True)
 
 
-_STANDARD: dict[tuple[int, Direction], Callable[[Device, Setup], bytes | None]] = {
+_STANDARD: dict[tuple[int, int], Callable[[Device, Setup], bytes | None]] = {
     (StandardRequest.GET_STATUS, Direction.IN): Device._get_status,
     (StandardRequest.CLEAR_FEATURE, Direction.OUT): _clear_feature,
     (StandardRequest.SET_FEATURE, Direction.OUT): _set_feature,

@@ -68,7 +68,8 @@ class Loopback(Device):
         while not self._queued:
             self._filled.clear()
             await self._filled.wait()
-        chunk = bytes(self._queued[:length])
+        with memoryview(self._queued) as queued:
+            chunk = bytes(queued[:length])  # one copy, where a slice of the bytearray makes two
         del self._queued[:length]
         self._drained.set()
         return chunk

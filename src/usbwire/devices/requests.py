@@ -54,7 +54,7 @@ class Setup(NamedTuple):
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Setup:
-        return cls._make(_SETUP.unpack(raw))
+        return tuple.__new__(cls, _SETUP.unpack(raw))  # _make, one call shorter (every control URB)
 
     def to_bytes(self) -> bytes:
         return _SETUP.pack(*self)

@@ -325,22 +325,21 @@ def encode_cmd_submit(cmd: CmdSubmit) -> bytes:
 
 
 def encode_ret_submit(ret: RetSubmit) -> bytes:
-    header = encode_ret_submit_parts(
-        ret.seqnum, ret.status, ret.actual_length, ret.start_frame, ret.number_of_packets, ret.error_count, b""
+    header = encode_ret_submit_header(
+        ret.seqnum, ret.status, ret.actual_length, ret.start_frame, ret.number_of_packets, ret.error_count
     )
     if ret.iso_packets:
         return header + ret.data + _encode_iso(ret.iso_packets)
     return header + ret.data if ret.data else header
 
 
-def encode_ret_submit_parts(
-    seqnum: int, status: int, actual: int, start_frame: int, number_of_packets: int, error_count: int, data: bytes
+def encode_ret_submit_header(
+    seqnum: int, status: int, actual: int, start_frame: int, number_of_packets: int, error_count: int
 ) -> bytes:
-    """A non-iso RET_SUBMIT from its fields (the server's hot path builds no event for it)."""
-    header = RET_SUBMIT.pack(
+    """The 48-byte RET_SUBMIT header from its fields (the server's hot path builds no event)."""
+    return RET_SUBMIT.pack(
         Command.RET_SUBMIT, seqnum, 0, 0, 0, status, actual, start_frame, number_of_packets, error_count
     )
-    return header + data if data else header
 
 
 def encode_cmd_unlink(cmd: CmdUnlink) -> bytes:

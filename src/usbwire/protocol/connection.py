@@ -66,6 +66,7 @@ class Connection:
         self._position = 0
         self._eof = False
         self._error: ProtocolError | None = None
+        self._urb_reader: Callable[[memoryview], codec.Read] | None = None
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes from the peer; ``b""`` means the peer closed its end."""
@@ -99,7 +100,12 @@ class Connection:
             raise remote from None
 
     def _next_event(self) -> NextEvent:
-        reader = self._reader()
+        # In the URB phase (every URB) the reader is fixed; ask for it only before.
+        reader = self._urb_reader if self.state is State.URB else None
+        if reader is None:
+            reader = self._reader()
+            if self.state is State.URB:
+                self._urb_reader = reader
         if self._position == len(self._buffer):
             return ConnectionClosed() if self._eof else NEED_DATA
         if reader is None:
@@ -189,7 +195,7 @@ class ServerConnection(Connection):
     @is_iso.setter
     def is_iso(self, is_iso: Callable[[int, Direction], bool]) -> None:
         self._is_iso = is_iso
-        self._read_cmd = None
+        self._read_cmd = self._urb_reader = None
 
     @property
     def outstanding(self) -> int:
@@ -221,9 +227,10 @@ class ServerConnection(Connection):
         elif isinstance(event, CmdUnlink):
             self._unlinks[event.seqnum] = event.unlink_seqnum
 
-    def answer(self, request: CmdSubmit, status: int, actual_length: int, data: bytes) -> bytes:
-        """The RET_SUBMIT bytes for a non-iso ``request``: ``send(RetSubmit(...))`` without the
-        event object, for the server's hot path. The same checks hold."""
+    def answer(self, request: CmdSubmit, status: int, actual_length: int, data: bytes) -> tuple[bytes, bytes]:
+        """The RET_SUBMIT for a non-iso ``request``, as its header and its IN data (to be sent
+        in that order): ``send(RetSubmit(...))`` without the event object and without copying
+        the data behind the header, for the server's hot path. The same checks hold."""
         if self._outstanding.get(request.seqnum) is not request or self.state is not State.URB:
             raise LocalProtocolError(
                 f"no CMD_SUBMIT {request.seqnum} is waiting for an answer", field="seqnum", value=request.seqnum
@@ -244,9 +251,10 @@ class ServerConnection(Connection):
         if request.is_iso:
             raise LocalProtocolError("an iso request is answered with its packets", field="iso_packets", value=0)
         del self._outstanding[request.seqnum]
-        return codec.encode_ret_submit_parts(
-            request.seqnum, status, actual_length, request.start_frame, request.number_of_packets, 0, data
+        header = codec.encode_ret_submit_header(
+            request.seqnum, status, actual_length, request.start_frame, request.number_of_packets, 0
         )
+        return header, data
 
     def _sending(self, event: Event) -> None:
         if type(event) is RetSubmit:  # the common case first: this runs for every URB

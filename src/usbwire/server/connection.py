@@ -46,6 +46,8 @@ log = logging.getLogger("usbwire.server")
 
 # Seconds between checks that a client we stopped reading from is still there.
 LIVENESS_PERIOD = 1.0
+# IN data of this size or more is written behind its header without joining them first.
+LARGE_PAYLOAD = 16 * 1024
 
 
 class UsbipProtocol(asyncio.Protocol):
@@ -60,6 +62,7 @@ class UsbipProtocol(asyncio.Protocol):
         self.device: ExportedDevice | None = None
         self.dispatcher: Dispatcher | None = None
         self._out: list[bytes] = []
+        self._out_large = False
         self._flush_scheduled = False
         self._reading_paused = False
         self._writing_paused = False
@@ -69,6 +72,8 @@ class UsbipProtocol(asyncio.Protocol):
         self._challenge = b""
         self._request_timer: asyncio.TimerHandle | None = None
         self._first_of_batch = False
+        # Inside _process, which looks at flow control once at the end of the batch.
+        self._processing = False
         self._reply_busid = ""
 
     # -- asyncio callbacks ----------------------------------------------------------------------
@@ -135,6 +140,7 @@ class UsbipProtocol(asyncio.Protocol):
         # scheduled flush per batch.
         self._flush_scheduled = True
         self._first_of_batch = True
+        self._processing = True
         while not self._closing:
             try:
                 event = conn.next_event()
@@ -163,6 +169,7 @@ class UsbipProtocol(asyncio.Protocol):
                 self._close("client closed the connection" if self.busid else None)
                 return
         self._first_of_batch = False
+        self._processing = False
         self._flush()
         self._update_reading()
 
@@ -262,7 +269,7 @@ class UsbipProtocol(asyncio.Protocol):
             self._release()
             return
         self.conn.is_iso = lambda ep, direction: _is_iso(device, ep, direction)
-        self.dispatcher = Dispatcher(device, self.conn, self.send, self._update_reading)
+        self.dispatcher = Dispatcher(device, self.conn, self.send, self._urb_done)
         self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=self._as_requested(device.info))))
         log.info("%s imported %s", self.peer, self.busid)
         self._process()  # URBs may already be waiting in the buffer
@@ -282,8 +289,12 @@ class UsbipProtocol(asyncio.Protocol):
 
     # -- output and flow control ------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, payload: bytes = b"") -> None:
         self._out.append(data)
+        if payload:
+            self._out.append(payload)
+            # Big IN data goes out by a vectored write rather than be copied into one buffer.
+            self._out_large = self._out_large or len(payload) >= LARGE_PAYLOAD
         self.server.stats.replies += 1
         if self._first_of_batch:
             # The first answer of a burst leaves at once, so the client can work on it while
@@ -302,7 +313,17 @@ class UsbipProtocol(asyncio.Protocol):
         if self._out and self.transport is not None and not self.transport.is_closing():
             out = self._out
             self._out = []
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if len(out) == 1:
+                self.transport.write(out[0])
+            elif self._out_large:
+                self.transport.writelines(out)
+            else:
+                self.transport.write(b"".join(out))
+            self._out_large = False
+
+    def _urb_done(self) -> None:
+        if not self._processing:
+            self._update_reading()
 
     def _update_reading(self) -> None:
         if self.transport is None or self._closing:

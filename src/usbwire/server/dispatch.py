@@ -15,12 +15,12 @@ import logging
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, Protocol
 
 from usbwire.backends.base import ExportedDevice, Urb, UrbResult
 from usbwire.errors import RemoteProtocolError
 from usbwire.protocol.connection import ServerConnection
-from usbwire.protocol.constants import Direction, Errno
+from usbwire.protocol.constants import Direction, Errno, TransferType
 from usbwire.protocol.pdu import CmdSubmit, CmdUnlink, IsoPacket, RetSubmit, RetUnlink
 
 log = logging.getLogger("usbwire.server")
@@ -50,6 +50,11 @@ async def _finish(coro: Coroutine[Any, Any, UrbResult], yielded: object) -> UrbR
     return await _resume(coro, yielded)
 
 
+class Sender(Protocol):
+    def __call__(self, data: bytes, payload: bytes = b"", /) -> None:
+        """Queue ``data`` (and ``payload`` right behind it) for the client."""
+
+
 class Dispatcher:
     """Turns CMD_SUBMIT/CMD_UNLINK into device calls and RET_* bytes for ``send``."""
 
@@ -57,7 +62,7 @@ class Dispatcher:
         self,
         device: ExportedDevice,
         connection: ServerConnection,
-        send: Callable[[bytes], None],
+        send: Sender,
         on_idle: Callable[[], None],
     ) -> None:
         self.device = device
@@ -144,7 +149,7 @@ class Dispatcher:
             self._reply(cmd, result)
 
     def _start(self, cmd: CmdSubmit) -> Coroutine[Any, Any, UrbResult] | None:
-        transfer = self.device.endpoint_type(cmd.ep, cmd.direction)
+        transfer = TransferType.CONTROL if cmd.ep == 0 else self.device.endpoint_type(cmd.ep, cmd.direction)
         if transfer is None:
             log.debug("URB %d for endpoint %d not in the active configuration", cmd.seqnum, cmd.ep)
             return None
@@ -220,5 +225,5 @@ class Dispatcher:
             else:
                 data = b""
                 actual = result.actual_length if result.actual_length is not None else 0
-            self.send(self.connection.answer(cmd, status, actual, data))
+            self.send(*self.connection.answer(cmd, status, actual, data))
         self.on_idle()
