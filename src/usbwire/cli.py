@@ -719,6 +719,7 @@ def _fleet_claim(args: argparse.Namespace) -> int:
                 max_hold_s=args.max_hold,
                 idle_s=args.idle,
                 wait=not args.no_wait,
+                waiting=_report_waiting,
             )
             if args.json:
                 print(json.dumps([c.to_json() for c in claimed]), flush=True)
@@ -730,6 +731,10 @@ def _fleet_claim(args: argparse.Namespace) -> int:
 
     asyncio.run(claim_and_hold())
     return 0
+
+
+def _report_waiting(ahead: int) -> None:
+    print(f"{PROG}: info: waiting for a device ({ahead} ahead in the queue)", file=sys.stderr, flush=True)
 
 
 def _fleet_release(args: argparse.Namespace) -> int:
@@ -766,6 +771,7 @@ def _fleet_run(args: argparse.Namespace) -> int:
                 attach_devices=args.attach,
                 max_hold_s=args.max_hold,
                 idle_s=args.idle,
+                waiting=_report_waiting,
             )
 
     try:

@@ -24,7 +24,9 @@ def test_ten_clients_race_for_three_devices_three_win_and_the_rest_get_them_in_q
 ) -> None:
     async def race() -> None:
         clients = [FleetClient(etcd.url, holder=f"client-{i}", ttl_s=5) for i in range(10)]
-        tasks = {asyncio.ensure_future(c.claim(LOOPBACK)): c for c in clients}
+        # What each client is told while it waits: how many ahead of it want the same devices.
+        ahead: dict[str, list[int]] = {c.holder: [] for c in clients}
+        tasks = {asyncio.ensure_future(c.claim(LOOPBACK, waiting=ahead[c.holder].append)): c for c in clients}
         try:
             done: set[asyncio.Task[list[Claimed]]] = set()
             while len(done) < 3:
@@ -53,6 +55,10 @@ def test_ten_clients_race_for_three_devices_three_win_and_the_rest_get_them_in_q
                 served.append(tasks[winner].holder)
                 holding.append(winner)
             assert served == queue_order
+            for holder in queue_order:
+                # Counting down towards the head of the queue as devices are handed on.
+                assert ahead[holder] == sorted(set(ahead[holder]), reverse=True)
+            assert not any(ahead[holder] for holder in winners)
         finally:
             for task in tasks:
                 task.cancel()
@@ -79,12 +85,20 @@ def test_group_claim_across_two_servers_is_all_or_nothing(etcd: EtcdProcess, ser
             assert {i: c.holder for i, c in snapshot.claims.items()} == {"s2/1-2": "other"}
             assert not snapshot.queue
             # Queued, the group claim gets both at once as soon as the other device is released.
-            waiting = asyncio.ensure_future(group.claim(keyboards_on_rack_a, count=2))
-            await eventually(etcd.url, lambda s: len(s.queue) == 1, "the group claim to queue")
-            assert not waiting.done()
+            ahead: list[int] = []
+            queued = asyncio.Event()
+
+            def told(count: int) -> None:
+                ahead.append(count)
+                queued.set()
+
+            waiting = asyncio.ensure_future(group.claim(keyboards_on_rack_a, count=2, waiting=told))
+            await asyncio.wait_for(queued.wait(), 5)
+            assert len((await group.snapshot()).queue) == 1
             await other.release(taken)
             both = await asyncio.wait_for(waiting, 5)
             assert sorted(c.device.id for c in both) == ["s1/1-2", "s2/1-2"]
+            assert ahead == [0]  # nobody ahead: it waited for the device only
 
     asyncio.run(claim())
 

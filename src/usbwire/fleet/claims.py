@@ -5,9 +5,9 @@ TTL/3: a client that dies (``kill -9``, a lost network) loses them within the TT
 several devices is one etcd transaction, so it takes all of them or none, whichever servers
 they are on.
 
-Fairness: waiters queue by the etcd revision that created their queue key. A waiter takes a
-free device only if no waiter ahead of it wants that device too (one that merely wants other
-devices does not hold it up), so a large group claim is not starved by a stream of small ones.
+Fairness: waiters queue by the etcd revision that created their queue key, and free devices go
+to them in that order (see :meth:`Snapshot.choose`): a waiter is held up only by waiters ahead of it
+that want the same devices, and a large group claim is not starved by a stream of small ones.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +101,24 @@ class Snapshot:
     devices: dict[str, DeviceRecord]  # by device id
     claims: dict[str, ClaimRecord]  # by device id
     queue: list[tuple[KeyValue, WaitRecord]]  # oldest first
+
+    def choose(self, match: Match, count: int, queued_at: int) -> list[DeviceRecord] | None:
+        """The free devices a waiter queued at revision ``queued_at`` may take now; None if too few.
+
+        Free devices go to the waiters ahead of it first, in queue order: each is given those it
+        would take, and one that cannot have enough yet keeps every free device it wants, so
+        nobody behind it takes them away (a large group claim is not starved by small ones).
+        """
+        available = [d for device_id, d in sorted(self.devices.items()) if device_id not in self.claims]
+        for kv, wait in self.queue:
+            if kv.create_revision >= queued_at:
+                break
+            wanted = Match(tuple(wait.match))
+            theirs = [d for d in available if wanted.matches(d)]
+            for device in theirs[: wait.count] if len(theirs) >= wait.count else theirs:
+                available.remove(device)
+        mine = [d for d in available if match.matches(d)]
+        return mine[:count] if len(mine) >= count else None
 
     def listing(self) -> list[FleetDevice]:
         rows = [FleetDevice(d, c.holder if (c := self.claims.get(i)) else None) for i, d in self.devices.items()]
@@ -202,6 +220,7 @@ class FleetClient:
         max_hold_s: float | None = None,
         idle_s: float | None = None,
         wait: bool = True,
+        waiting: Callable[[int], None] | None = None,
     ) -> list[Claimed]:
         """Claim ``count`` devices that ``match``, all or none; queue until they are free.
 
@@ -211,6 +230,7 @@ class FleetClient:
             max_hold_s: the servers end the claim this long after it was made.
             idle_s: the servers end the claim after this long without a URB.
             wait: queue when not enough devices are free (else fail at once).
+            waiting: told how many waiters for the same devices are ahead, whenever that changes.
 
         Raises:
             FleetError: nothing matches at all, none free (``wait=False``), or the lease was lost.
@@ -222,6 +242,7 @@ class FleetClient:
         waiter = f"{keys.QUEUE}{lease:016x}-{next(self._waiters)}"
         await self.etcd.put(waiter, keys.encode(WaitRecord(self.holder, list(match.terms), count)), lease)
         claimed: list[Claimed] | None = None
+        ahead_before = -1
         try:
             while True:
                 snapshot = await read_snapshot(self.etcd)
@@ -231,7 +252,7 @@ class FleetClient:
                 matching = [d for d in snapshot.devices.values() if match.matches(d)]
                 if len(matching) < count:
                     raise FleetError(f"the fleet has {len(matching)} device(s) matching {' '.join(match.terms)}")
-                chosen = _choose(snapshot, match, count, mine.create_revision)
+                chosen = snapshot.choose(match, count, mine.create_revision)
                 if chosen is not None:
                     claimed = await self._take(chosen, max_hold_s, idle_s, waiter)
                     if claimed is not None:
@@ -239,6 +260,10 @@ class FleetClient:
                     continue  # someone was faster: look again
                 if not wait:
                     raise FleetError(f"fewer than {count} matching device(s) are free")
+                ahead = _contenders_ahead(snapshot, match, mine.create_revision)
+                if waiting is not None and ahead != ahead_before:
+                    waiting(ahead)
+                    ahead_before = ahead
                 await self._next_change(keys.PREFIX, snapshot.revision)
         finally:
             if claimed is None:  # a successful claim left the queue in its transaction
@@ -333,15 +358,14 @@ def _claim_key(claimed: Claimed) -> str:
     return keys.claim_key(claimed.device.server, claimed.device.busid)
 
 
-def _choose(snapshot: Snapshot, match: Match, count: int, my_revision: int) -> list[DeviceRecord] | None:
-    """Free devices for this waiter, skipping those a waiter ahead of it also wants."""
-    ahead = [Match(tuple(w.match)) for kv, w in snapshot.queue if kv.create_revision < my_revision]
-    free = [
-        d
-        for device_id, d in sorted(snapshot.devices.items())
-        if device_id not in snapshot.claims and match.matches(d) and not any(m.matches(d) for m in ahead)
-    ]
-    return free[:count] if len(free) >= count else None
+def _contenders_ahead(snapshot: Snapshot, match: Match, my_revision: int) -> int:
+    """Waiters ahead of this one that want at least one device it could take."""
+    mine = [d for d in snapshot.devices.values() if match.matches(d)]
+    return sum(
+        1
+        for kv, wait in snapshot.queue
+        if kv.create_revision < my_revision and any(Match(tuple(wait.match)).matches(d) for d in mine)
+    )
 
 
 async def _first(*coroutines: Any) -> None:

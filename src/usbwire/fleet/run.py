@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from usbwire.client import vhci
 from usbwire.errors import ImportRefused
@@ -90,6 +90,7 @@ async def run(
     attach_devices: bool = False,
     max_hold_s: float | None = None,
     idle_s: float | None = None,
+    waiting: Callable[[int], None] | None = None,
 ) -> int:
     """Claim, attach, run ``command`` to its end, detach, release; the command's exit status.
 
@@ -98,7 +99,7 @@ async def run(
         ImportRefused, VhciError: attaching failed, or the device did not enumerate (the claim is
             released all the same).
     """
-    claimed = await fleet.claim(match, count, max_hold_s=max_hold_s, idle_s=idle_s)
+    claimed = await fleet.claim(match, count, max_hold_s=max_hold_s, idle_s=idle_s, waiting=waiting)
     ports: list[int] = []
     try:
         if attach_devices:
