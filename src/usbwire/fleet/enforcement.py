@@ -33,7 +33,6 @@ IDLE_CHECKS = 5
 class _Claim:
     record: ClaimRecord
     revision: int  # etcd mod_revision: a new claim on the same key is another claim
-    since: float = field(default_factory=time.monotonic)
     ended: bool = False  # the server ended it and could not yet delete it from etcd
     urbs: tuple[int, int] | None = None
     last_activity: float = field(default_factory=time.monotonic)
