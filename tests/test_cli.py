@@ -18,7 +18,7 @@ import pytest
 USBWIRE = [sys.executable, "-m", "usbwire"]
 COMMANDS = [
     "serve", "list", "status", "export", "unexport", "type", "mouse",
-    "attach", "detach", "port", "bind", "unbind", "certs",
+    "attach", "detach", "port", "bind", "unbind", "certs", "fleet",
 ]  # fmt: skip
 
 

@@ -133,6 +133,7 @@ class WireClient:
         interval: int = 0,
         flags: int = 0,
         iso_packets: tuple[IsoPacket, ...] = (),
+        start_frame: int = 0,
     ) -> tuple[int, bytes]:
         """The encoded CMD_SUBMIT (not sent yet), so tests can batch several in one write."""
         seqnum = self._seqnum()
@@ -147,6 +148,7 @@ class WireClient:
             setup=setup,
             data=data,
             number_of_packets=len(iso_packets),
+            start_frame=start_frame,
             iso_packets=iso_packets,
         )
         return seqnum, self.conn.send(cmd)

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from ssl import SSLContext
@@ -131,6 +132,20 @@ def _parser() -> argparse.ArgumentParser:
         help="write what clients play to the speaker to PATH: WAV, or raw s16le stereo if PATH ends in .raw",
     )
     _webcam_arguments(serve)
+    fleet_flags = serve.add_argument_group("fleet mode (needs usbwire[fleet])")
+    fleet_flags.add_argument(
+        "--fleet", metavar="etcd://HOST:PORT", help="register in this fleet; import devices only under its claims"
+    )
+    fleet_flags.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="label for this server's devices"
+    )
+    fleet_flags.add_argument("--fleet-name", metavar="NAME", help="this server's name in the fleet (default HOST:PORT)")
+    fleet_flags.add_argument(
+        "--fleet-address", metavar="HOST:PORT", help="where clients reach this server (default: where it listens)"
+    )
+    fleet_flags.add_argument(
+        "--fleet-ttl", type=int, metavar="S", help="lease TTL (default 10): a dead server leaves the fleet after it"
+    )
     serve.set_defaults(run=_serve)
 
     listing = commands.add_parser(
@@ -232,7 +247,70 @@ def _parser() -> argparse.ArgumentParser:
     mouse.add_argument("-b", "--busid", help="which mouse (default: the only one)")
     _control_argument(mouse)
     mouse.set_defaults(run=_mouse)
+    _fleet_parser(commands, verbose)
     return parser
+
+
+def _fleet_parser(commands: Any, verbose: argparse.ArgumentParser) -> None:
+    fleet = commands.add_parser(
+        "fleet",
+        parents=[verbose],
+        help="find, claim and release devices of a fleet (etcd)",
+        description="Share devices of many servers among many clients through etcd leases.",
+    )
+    actions = fleet.add_subparsers(title="actions", metavar="ACTION", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--fleet",
+        default=os.environ.get("USBWIRE_FLEET"),
+        metavar="etcd://HOST:PORT",
+        help="the fleet's etcd (default $USBWIRE_FLEET)",
+    )
+    wanting = argparse.ArgumentParser(add_help=False)
+    wanting.add_argument(
+        "--match",
+        action="append",
+        required=True,
+        metavar="TERM",
+        help="VID:PID, serial=S, product=P, busid=B, server=N or label=K=V (repeatable: all must hold)",
+    )
+    wanting.add_argument("--count", type=int, default=1, help="how many devices, all or none (default 1)")
+    wanting.add_argument("--ttl", type=int, default=10, metavar="S", help="lease TTL: a dead client keeps devices S s")
+    wanting.add_argument("--max-hold", type=float, metavar="S", help="the servers end the claim after S s")
+    wanting.add_argument("--idle", type=float, metavar="S", help="the servers end the claim after S s without a URB")
+    wanting.add_argument("--holder", metavar="NAME", help="name shown as the holder (default user@host:pid)")
+
+    listing = actions.add_parser("list", parents=[verbose, where], help="every device, its server and holder")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(run=_fleet_list)
+
+    claim = actions.add_parser(
+        "claim",
+        parents=[verbose, where, wanting],
+        help="claim devices and hold them until Ctrl-C or release",
+        description="Claim devices (queueing while none are free), print them, and hold them in the foreground "
+        "until Ctrl-C, 'usbwire fleet release', or a server ends the claim.",
+    )
+    claim.add_argument("--no-wait", action="store_true", help="fail at once instead of queueing")
+    claim.add_argument("--json", action="store_true", help="print the claim as one JSON line")
+    claim.set_defaults(run=_fleet_claim)
+
+    release = actions.add_parser("release", parents=[verbose, where], help="release claimed devices")
+    release.add_argument("devices", nargs="*", metavar="SERVER/BUSID", help="devices to release")
+    release.add_argument("--holder", metavar="NAME", help="release every device this holder claimed")
+    release.set_defaults(run=_fleet_release)
+
+    run = actions.add_parser(
+        "run",
+        parents=[verbose, where, wanting],
+        help="claim, run a command, release",
+        description="Claim devices, optionally attach them to this kernel, run COMMAND, and release them "
+        "whatever happens. The command finds its devices in $USBWIRE_FLEET_DEVICES (JSON) and, for the first, "
+        "$USBWIRE_HOST, $USBWIRE_PORT and $USBWIRE_BUSID.",
+    )
+    run.add_argument("--attach", action="store_true", help="attach the devices to this machine's kernel (vhci-hcd)")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command to run")
+    run.set_defaults(run=_fleet_run)
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -346,6 +424,10 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
         raise UsbwireError("--mic-tone, --mic-wav and --speaker-out describe the headset: add --audio")
     if args.audio:
         flags["audio"] = AudioOptions(args.mic_tone, args.mic_wav, args.speaker_out)
+    if args.fleet or settings.get("fleet"):
+        flags["fleet"] = _fleet_flags(args, settings.get("fleet"))
+    elif args.label or args.fleet_name or args.fleet_address or args.fleet_ttl is not None:
+        raise UsbwireError("--label, --fleet-name, --fleet-address and --fleet-ttl need --fleet")
     limits = settings.get("limits", Limits())
     changed = {
         name: getattr(args, name)
@@ -355,6 +437,25 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
     if changed:
         flags["limits"] = dataclasses.replace(limits, **changed)
     return flags
+
+
+def _fleet_flags(args: argparse.Namespace, configured: Any) -> Any:
+    """The fleet options of --config, with what the command line says on top."""
+    from usbwire.fleet import FleetOptions
+
+    fleet = configured or FleetOptions(args.fleet)
+    changes: dict[str, Any] = {}
+    if args.fleet:
+        changes["url"] = args.fleet
+    if args.label:
+        changes["labels"] = FleetOptions.parse_labels(args.label)
+    if args.fleet_name:
+        changes["name"] = args.fleet_name
+    if args.fleet_address:
+        changes["address"] = args.fleet_address
+    if args.fleet_ttl is not None:
+        changes["ttl_s"] = args.fleet_ttl
+    return dataclasses.replace(fleet, **changes)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -592,3 +693,121 @@ def _certs_client(args: argparse.Namespace) -> int:
     for name in usbwire.certs_client(args.directory, args.name):
         print(f"wrote {args.directory}/{name}")
     return 0
+
+
+def _fleet_url(args: argparse.Namespace) -> str:
+    if not args.fleet:
+        raise UsbwireError("which fleet? give --fleet etcd://HOST:PORT or set $USBWIRE_FLEET")
+    return str(args.fleet)
+
+
+def _fleet_client(args: argparse.Namespace) -> Any:
+    from usbwire import fleet
+
+    return fleet.FleetClient(_fleet_url(args), holder=args.holder, ttl_s=args.ttl)
+
+
+def _fleet_list(args: argparse.Namespace) -> int:
+    from usbwire import fleet
+
+    async def read() -> fleet.Snapshot:
+        async with fleet.FleetClient(_fleet_url(args)) as client:
+            return await client.snapshot()
+
+    snapshot = asyncio.run(read())
+    rows = snapshot.listing()
+    if args.json:
+        print(json.dumps([row.to_json() for row in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"{PROG}: info: no devices in the fleet", file=sys.stderr)
+        return 0
+    print(f"{'DEVICE':<28} {'ADDRESS':<22} {'VID:PID':<9} {'PRODUCT':<24} {'SERIAL':<12} HOLDER")
+    for row in rows:
+        d = row.device
+        labels = " ".join(f"{k}={v}" for k, v in sorted(d.labels.items()))
+        print(
+            f"{d.id:<28} {d.address:<22} {d.vid_pid:<9} {d.product[:24]:<24} {d.serial[:12]:<12} "
+            f"{row.holder or '-'}{'  ' + labels if labels else ''}"
+        )
+    if snapshot.queue:
+        print(f"{len(snapshot.queue)} client(s) waiting")
+    return 0
+
+
+def _fleet_claim(args: argparse.Namespace) -> int:
+    import signal
+
+    from usbwire import fleet
+
+    async def claim_and_hold() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with _fleet_client(args) as client:
+            claimed = await client.claim(
+                fleet.Match.parse(args.match),
+                args.count,
+                max_hold_s=args.max_hold,
+                idle_s=args.idle,
+                wait=not args.no_wait,
+                waiting=_report_waiting,
+            )
+            if args.json:
+                print(json.dumps([c.to_json() for c in claimed]), flush=True)
+            else:
+                for c in claimed:
+                    print(f"{c.device.id}  usbip attach -r {c.device.host} -p {c.device.port} -b {c.busid}", flush=True)
+            async for ended in client.hold(claimed, stop):
+                print(f"{PROG}: info: the claim on {ended.device.id} ended", file=sys.stderr, flush=True)
+
+    asyncio.run(claim_and_hold())
+    return 0
+
+
+def _report_waiting(ahead: int) -> None:
+    print(f"{PROG}: info: waiting for a device ({ahead} ahead in the queue)", file=sys.stderr, flush=True)
+
+
+def _fleet_release(args: argparse.Namespace) -> int:
+    from usbwire import fleet
+
+    if not args.devices and not args.holder:
+        raise UsbwireError("name the devices (SERVER/BUSID) or --holder")
+    released = asyncio.run(fleet.release_claims(_fleet_url(args), args.devices, args.holder))
+    for device in released:
+        print(f"released {device}")
+    return 0
+
+
+def _fleet_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from usbwire import fleet
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsbwireError("no command to run (usbwire fleet run --match ... -- COMMAND)")
+
+    async def run() -> int:
+        # SIGTERM (a CI job cancelled) ends the command and releases, as Ctrl-C does.
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+        async with _fleet_client(args) as client:
+            return await fleet.run(
+                client,
+                fleet.Match.parse(args.match),
+                command,
+                count=args.count,
+                attach_devices=args.attach,
+                max_hold_s=args.max_hold,
+                idle_s=args.idle,
+                waiting=_report_waiting,
+            )
+
+    try:
+        return asyncio.run(run())
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM

@@ -21,6 +21,13 @@ laptop = "a long random string"
 [[device]]
 match = "1-1"                # busid or VID:PID
 allow = ["cidr:192.168.1.0/24", "cert:ci-runner", "token:laptop"]
+
+[fleet]                      # fleet mode (usbwire[fleet]); see usbwire.fleet
+url = "etcd://etcd1:2379"
+name = "rack-a-3"            # default HOSTNAME:PORT
+address = "rack-a-3.lab:3240"  # where clients reach this server; default where it listens
+ttl = 10
+labels = { rack = "a", board = "imx8" }
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ def load(path: str | Path) -> dict[str, Any]:
         raise UsbwireError(f"{path}: no such configuration file") from None
     except tomllib.TOMLDecodeError as error:
         raise UsbwireError(f"{path}: {error}") from None
-    unknown = set(data) - {"server", "tokens", "device"}
+    unknown = set(data) - {"server", "tokens", "device", "fleet"}
     server = data.get("server", {})
     unknown |= {f"server.{key}" for key in set(server) - _SERVER_KEYS}
     if unknown:
@@ -78,4 +85,23 @@ def load(path: str | Path) -> dict[str, Any]:
         options["exports"] = tuple(server["export"])
     if "control" in server:
         options["control_path"] = server["control"] or None
+    if "fleet" in data:
+        options["fleet"] = _fleet(data["fleet"], path)
     return options
+
+
+def _fleet(table: dict[str, Any], path: str | Path) -> Any:
+    from usbwire.fleet.member import DEFAULT_TTL_S, FleetOptions
+
+    unknown = set(table) - {"url", "name", "address", "ttl", "labels"}
+    if unknown:
+        raise UsbwireError(f"{path}: unknown settings {', '.join(sorted(f'fleet.{key}' for key in unknown))}")
+    if "url" not in table:
+        raise UsbwireError(f'{path}: [fleet] needs url = "etcd://HOST:PORT"')
+    return FleetOptions(
+        url=str(table["url"]),
+        name=str(table["name"]) if "name" in table else None,
+        address=str(table["address"]) if "address" in table else None,
+        labels={str(k): str(v) for k, v in dict(table.get("labels", {})).items()},
+        ttl_s=int(table.get("ttl", DEFAULT_TTL_S)),
+    )

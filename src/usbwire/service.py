@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from usbwire import demo, tls
 from usbwire.backends.emulated import EmulatedExport
@@ -23,6 +23,9 @@ from usbwire.protocol.constants import DEFAULT_PORT
 from usbwire.server.access import AccessPolicy
 from usbwire.server.control import DEFAULT_CONTROL_PATH, ControlServer
 from usbwire.server.server import Limits, Server
+
+if TYPE_CHECKING:
+    from usbwire.fleet.member import FleetOptions
 
 log = logging.getLogger("usbwire")
 T = TypeVar("T")
@@ -68,6 +71,8 @@ class ServeOptions:
     audio: AudioOptions | None = None
     # An emulated webcam to export besides everything else (at the next free busid).
     webcam: WebcamConfig | None = None
+    # Register in a fleet (etcd) and import devices only under its claims.
+    fleet: FleetOptions | None = None
 
 
 def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
@@ -111,6 +116,12 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         context = tls.server_context(options.tls_cert, options.tls_key or options.tls_cert, options.client_ca)
         log.info("TLS 1.3%s", " with client certificates" if options.client_ca else "")
     await server.start(list(options.hosts) if options.hosts else None, options.port, ssl=context)
+    member = None
+    if options.fleet is not None:
+        from usbwire.fleet.member import FleetMember  # needs the optional etcd client
+
+        member = FleetMember(server, options.fleet)
+        await member.start()
     control = None
     if options.control_path:
         control = ControlServer(server, options.control_path)
@@ -139,6 +150,8 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
             bridge.close()
         if control is not None:
             await control.close()
+        if member is not None:
+            await member.aclose()
         await server.close()
         if real is not None:
             await real.close()

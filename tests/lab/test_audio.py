@@ -20,6 +20,7 @@ from .scenarios import KernelClient, kernel_client
 from .session import Lab
 from .test_passthrough import start_usbwire
 from .usbdevices import QEMU_AUDIO_ID
+from .vm import VM
 
 pytestmark = pytest.mark.lab
 
@@ -35,6 +36,14 @@ def headset_server(tmp_path: Path) -> Iterator[tuple[RunningServer, Path]]:
     speaker = tmp_path / "speaker.wav"
     headset = Headset(mic=ToneSource(MIC_TONE), speaker=WavSink(speaker))
     yield from ((server, speaker) for server in start_server(extra_exports=[EmulatedExport(headset, HEADSET)]))
+
+
+def usb_dmesg(vm: VM) -> str:
+    """The guest kernel's USB and sound lines, for a failure message."""
+    lines = vm.run("dmesg").out.splitlines()
+    return "\n--- guest dmesg (usb, snd) ---\n" + "\n".join(
+        line for line in lines[-400:] if re.search(r"usb|snd|vhci", line, re.I) and "Not yet implemented" not in line
+    )
 
 
 def sound_card(client: KernelClient) -> int:
@@ -63,7 +72,7 @@ def test_the_guest_records_the_microphone_tone_unbroken_and_in_real_time(
             f"{recording}; status=$?; date +%s.%N; exit $status",
             60,
         )
-        assert result.ok, result.describe()
+        assert result.ok, result.describe() + usb_dmesg(client.vm)
         started, ended = (float(line) for line in result.out.split())
         assert "overrun" not in result.err, result.describe()
         with wave.open(str(recording), "rb") as wav:  # the scratch share goes with the VM
@@ -93,7 +102,7 @@ def test_what_the_guest_plays_to_the_speaker_lands_in_the_server_side_wav(
         client.attach(server.port, HEADSET, wait_for=HEADSET_ID)
         card = sound_card(client)
         result = client.vm.chroot_run(f"aplay -D plughw:{card},0 {played}", 60)
-        assert result.ok, result.describe()
+        assert result.ok, result.describe() + usb_dmesg(client.vm)
         assert "underrun" not in result.err, result.describe()
         dmesg = client.vm.run("dmesg").out
     # The stream stops after aplay (alternate setting 0), which completes the file.
@@ -132,14 +141,14 @@ def test_qemus_usb_speaker_passed_through_with_libusb_plays_what_the_importer_se
 
         wait_until(imported_card, "snd-usb-audio to bind the imported speaker", timeout_s=30)
         result = vm.chroot_run(f"aplay -D plughw:{found[0]},0 {played}", 60)
-        assert result.ok, result.describe()
+        log = (vm.paths.commands / f"{server.id}.err").read_text(errors="replace")
+        assert result.ok, result.describe() + usb_dmesg(vm) + log[-3000:]
         errors = [
             line
             for line in vm.run("dmesg").out.splitlines()
             if re.search(r"usb|snd|vhci|xhci", line, re.I) and re.search(r"error|cannot|fail", line, re.I)
         ]
         assert not errors, "\n".join(errors)
-        log = (vm.paths.commands / f"{server.id}.err").read_text(errors="replace")
         assert "failed" not in log, log
     with wave.open(str(heard), "rb") as recording:
         rate = recording.getframerate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -16,6 +17,8 @@ from usbwire.errors import Stall
 from usbwire.protocol import Direction, Errno, IsoPacket, UrbFlag
 
 BUSID = "3-1"
+# As snd-usb-audio and uvcvideo submit them: each URB right after the previous one.
+ISO_ASAP = UrbFlag.ISO_ASAP
 SET_CONFIGURATION, SET_INTERFACE = 9, 11
 
 
@@ -75,15 +78,15 @@ def test_iso_in_reply_carries_start_frame_packets_error_count_and_packed_data(
 
 def test_consecutive_urbs_get_consecutive_frames(streaming: tuple[RunningServer, WireClient]) -> None:
     _, client = streaming
-    first = client.submit(ep=1, direction=Direction.IN, length=40, iso_packets=_packets(*[4] * 10))
-    second = client.submit(ep=1, direction=Direction.IN, length=40, iso_packets=_packets(*[4] * 10))
+    first = client.submit(ep=1, direction=Direction.IN, length=40, flags=ISO_ASAP, iso_packets=_packets(*[4] * 10))
+    second = client.submit(ep=1, direction=Direction.IN, length=40, flags=ISO_ASAP, iso_packets=_packets(*[4] * 10))
     replies = {ret.seqnum: ret for ret in (reply(client), reply(client))}
     assert replies[second].start_frame == (replies[first].start_frame + 10) & 0x7FF
 
 
 def test_iso_out_reply_accepts_every_packet_and_carries_no_data(streaming: tuple[RunningServer, WireClient]) -> None:
     _, client = streaming
-    client.submit(ep=2, direction=Direction.OUT, data=bytes(range(30)), iso_packets=_packets(10, 20))
+    client.submit(ep=2, direction=Direction.OUT, data=bytes(range(30)), flags=ISO_ASAP, iso_packets=_packets(10, 20))
     ret = reply(client)
     assert ret.status == 0 and ret.data == b""
     assert ret.actual_length == 30 and ret.error_count == 0
@@ -92,19 +95,31 @@ def test_iso_out_reply_accepts_every_packet_and_carries_no_data(streaming: tuple
 
 def test_a_transfer_the_device_fails_reports_every_packet_failed() -> None:
     for _, client in _streaming(Broken()):
-        client.submit(ep=1, direction=Direction.IN, length=16, iso_packets=_packets(8, 8))
+        client.submit(ep=1, direction=Direction.IN, length=16, flags=ISO_ASAP, iso_packets=_packets(8, 8))
         ret = reply(client)
         assert ret.status == -Errno.EPROTO
         assert ret.actual_length == 0 and ret.data == b""
         assert [(p.actual_length, p.status) for p in ret.iso_packets] == [(0, -Errno.EPROTO)] * 2
         # The connection goes on: the next transfer is answered too.
-        client.submit(ep=1, direction=Direction.IN, length=8, iso_packets=_packets(8))
+        client.submit(ep=1, direction=Direction.IN, length=8, flags=ISO_ASAP, iso_packets=_packets(8))
         assert reply(client).number_of_packets == 1
 
 
 def test_a_stalled_transfer_reports_the_stall_in_every_packet() -> None:
     for _, client in _streaming(Stalling()):
-        client.submit(ep=1, direction=Direction.IN, length=16, iso_packets=_packets(8, 8))
+        client.submit(ep=1, direction=Direction.IN, length=16, flags=ISO_ASAP, iso_packets=_packets(8, 8))
         ret = reply(client)
         assert ret.status == -Errno.EPIPE
         assert [(p.actual_length, p.status) for p in ret.iso_packets] == [(0, -Errno.EPIPE)] * 2
+
+
+def test_a_urb_without_iso_asap_waits_for_the_frame_it_names(streaming: tuple[RunningServer, WireClient]) -> None:
+    _, client = streaming
+    client.submit(ep=1, direction=Direction.IN, length=4, flags=ISO_ASAP, iso_packets=_packets(4))
+    now = reply(client).start_frame + 1
+    named = (now + 100) & 0x7FF
+    started = time.monotonic()
+    client.submit(ep=1, direction=Direction.IN, length=4, iso_packets=_packets(4), start_frame=named)
+    ret = reply(client)
+    assert ret.start_frame == named
+    assert time.monotonic() - started >= 0.09

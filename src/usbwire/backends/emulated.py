@@ -65,7 +65,8 @@ class EmulatedExport(ExportedDevice):
                 if endpoint is None:
                     return _EPIPE
                 if endpoint.transfer == TransferType.ISOCHRONOUS:
-                    done = await self.device.isochronous(endpoint, urb.data, urb.iso_packets)
+                    start = None if urb.flags & UrbFlag.ISO_ASAP else urb.start_frame
+                    done = await self.device.isochronous(endpoint, urb.data, urb.iso_packets, start)
                     return UrbResult(0, done.data, None, done.start_frame, done.packets, done.error_count)
                 data = await self.device.transfer(endpoint, urb.data, urb.length)
         except Stall:

@@ -53,9 +53,19 @@ class IsoClock:
         self.period = period
         self._next: float | None = None
 
-    def reserve(self, packets: int, now: float) -> Slot:
-        """Book ``packets`` service intervals after the ones already booked (or from now)."""
+    def reserve(self, packets: int, now: float, start_frame: int | None = None) -> Slot:
+        """Book ``packets`` service intervals after the ones already booked (or from now).
+
+        ``start_frame`` (a URB without ``URB_ISO_ASAP``) asks for the packets to start at that
+        frame number: honoured when it is ahead (within half the frame counter's range), taken
+        as "as soon as possible" when it has passed.
+        """
         start = now if self._next is None or self._next < now - CATCH_UP else self._next
+        if start_frame is not None:
+            current = math.floor(start / FRAME + 1e-6)
+            ahead = (start_frame - current) & FRAME_NUMBER_MASK
+            if ahead <= FRAME_NUMBER_MASK // 2:
+                start = (current + ahead) * FRAME
         self._next = start + packets * self.period
         # The epsilon keeps a schedule built by adding periods from landing a hair early.
         frame = math.floor(start / FRAME + 1e-6) & FRAME_NUMBER_MASK

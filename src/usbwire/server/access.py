@@ -12,8 +12,10 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from usbwire.errors import UsbwireError
+from usbwire.protocol.constants import OpStatus
 from usbwire.protocol.pdu import DeviceInfo
 
 VID_PID = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
@@ -109,3 +111,15 @@ class AccessPolicy:
 
     def allows(self, device: DeviceInfo, client: Client) -> bool:
         return any(_allows(principal, client) for principal in self.allow_list(device))
+
+
+class ImportGate(Protocol):
+    """A second say over every IMPORT, after the policy (fleet mode: only a claim's holder)."""
+
+    async def admit(self, requested: str, client: Client) -> str | OpStatus:
+        """The busid to import for the IMPORT's busid field ``requested``, or the status refusing it.
+
+        The reply echoes ``requested`` whatever busid it maps to: Linux's ``usbip attach``
+        refuses a reply naming another busid than the one it asked for.
+        """
+        ...

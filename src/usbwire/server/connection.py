@@ -8,6 +8,7 @@ same loop iteration) leaves in a single ``transport.write``: one syscall for a b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -44,6 +45,7 @@ from usbwire.server.session import ServerSession
 
 if TYPE_CHECKING:
     from usbwire.backends.base import ExportedDevice
+    from usbwire.protocol.pdu import DeviceInfo
     from usbwire.server.server import Server
 
 log = logging.getLogger("usbwire.server")
@@ -78,6 +80,7 @@ class UsbipProtocol(asyncio.Protocol):
         self._first_of_batch = False
         # Inside _process, which looks at flow control once at the end of the batch.
         self._processing = False
+        self._reply_busid = ""
         # usbwire's session extension (server/session.py): granted before the import, framing
         # the URB stream after it.
         self.session: ServerSession | None = None
@@ -232,9 +235,7 @@ class UsbipProtocol(asyncio.Protocol):
 
     def _grant_session(self, busid: str) -> None:
         limits = self.server.limits
-        device = self.server.registry.get(busid)
-        # The kernel's stub takes the socket itself and cannot frame: such imports stay plain.
-        if limits.resume_window <= 0 or self.session is not None or isinstance(device, KernelExport):
+        if limits.resume_window <= 0 or self.session is not None or not self._may_frame(busid):
             self.send(self.conn.send(OpRepSession(status=OpStatus.NA)))
             return
         session = self.server.sessions.open(
@@ -244,6 +245,14 @@ class UsbipProtocol(asyncio.Protocol):
         window_ms = int(limits.resume_window * 1000)
         grant = OpRepSession(status=OpStatus.OK, session_id=session.id, secret=session.secret, window_ms=window_ms)
         self.send(self.conn.send(grant))
+
+    def _may_frame(self, busid: str) -> bool:
+        """Whether the import of ``busid`` will be ours to frame: the kernel's stub takes the
+        socket itself, so imports it serves stay plain. Behind an import gate the request may
+        name the device indirectly (fleet tokens): then any kernel export rules sessions out."""
+        registry = self.server.registry
+        candidates = [registry.get(busid)] if self.server.gate is None else list(registry)
+        return not any(isinstance(device, KernelExport) for device in candidates)
 
     def _resume(self, request: OpReqResume) -> None:
         """Hand this connection to the import it resumes; this object is done with it."""
@@ -295,6 +304,29 @@ class UsbipProtocol(asyncio.Protocol):
             self.send(self.conn.send(OpRepImport(status=OpStatus.NA)))
             self._close(None)
             return
+        if self.server.gate is not None:
+            # The gate may have to ask elsewhere (fleet mode: etcd). Meanwhile the state machine
+            # holds whatever else arrives until the reply has been sent.
+            asyncio.get_running_loop().create_task(self._import_through_gate(busid))
+            return
+        self._import_admitted(busid, busid)
+
+    async def _import_through_gate(self, requested: str) -> None:
+        assert self.server.gate is not None
+        admitted = await self.server.gate.admit(requested, self.client)
+        if self._closing:
+            return
+        if isinstance(admitted, OpStatus):
+            # Not the busid field itself: in fleet mode it holds a claim's token.
+            log.warning("%s import refused by the import gate: %s", self.peer, admitted.text)
+            self.send(self.conn.send(OpRepImport(status=admitted)))
+            self._close(None)
+            return
+        self._import_admitted(admitted, requested)
+
+    def _import_admitted(self, busid: str, requested: str) -> None:
+        # The reply names the device as the request did (BUSID#TOKEN in fleet mode).
+        self._reply_busid = requested
         device = self.server.registry.get(busid)
         if device is not None and not self.server.policy.allows(device.info, self.client):
             log.warning("%s import of %s denied (%s)", self.peer, busid, self.client.describe())
@@ -308,6 +340,12 @@ class UsbipProtocol(asyncio.Protocol):
             self._close(None)
             return
         if isinstance(claimed, KernelExport):
+            if self.session is not None:
+                # Exported to the kernel after the session was granted: it cannot be framed.
+                self.server.registry.release(busid, self)
+                self.send(self.conn.send(OpRepImport(status=OpStatus.NA)))
+                self._close(None)
+                return
             self._hand_over(busid, claimed)
             return
         self.busid = busid
@@ -330,7 +368,7 @@ class UsbipProtocol(asyncio.Protocol):
             return
         self.server.registry.release(busid, self)
         log.info("%s imported %s (handed to the kernel's usbip-host)", self.peer, busid)
-        self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=device.info)))
+        self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=self._as_requested(device.info))))
         # close() only drops our descriptor after the reply is written: the kernel keeps its own
         # reference and the TCP connection lives on. Never shutdown() here.
         self._close(None)
@@ -350,13 +388,16 @@ class UsbipProtocol(asyncio.Protocol):
             return
         self.conn.is_iso = lambda ep, direction: _is_iso(device, ep, direction)
         self.dispatcher = Dispatcher(device, self.conn, self.send, self._urb_done)
-        self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=device.info)))
+        self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=self._as_requested(device.info))))
         log.info("%s imported %s%s", self.peer, self.busid, " (resumable session)" if self.session else "")
         if self.session is not None:
             self._write_out()  # the reply goes unframed; all after it in frames
             assert self.transport is not None
             self.session.start(self.transport)
         self._process()  # URBs may already be waiting in the buffer
+
+    def _as_requested(self, info: DeviceInfo) -> DeviceInfo:
+        return info if info.busid == self._reply_busid else dataclasses.replace(info, busid=self._reply_busid)
 
     def device_removed(self) -> None:
         """The registry dropped our device (unexport, unplug): end the import."""
@@ -366,6 +407,11 @@ class UsbipProtocol(asyncio.Protocol):
             return
         if self.transport is not None and not self.transport.is_closing():
             self._abort("device removed")
+
+    def evict(self, reason: str) -> None:
+        """End the import on the registry's word (fleet mode: the claim it was made under is gone)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._abort(reason)
 
     # -- output and flow control ------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from usbwire.backends.base import ExportedDevice
@@ -18,6 +18,12 @@ class Holder(Protocol):
 
     def device_removed(self) -> None: ...
 
+    def evict(self, reason: str) -> None: ...
+
+
+# Told of every export added (True) or removed (False), after the change.
+Listener = Callable[[ExportedDevice, bool], None]
+
 
 class Registry:
     """Exports by busid; a device is held by at most one importing connection."""
@@ -25,6 +31,14 @@ class Registry:
     def __init__(self) -> None:
         self._exports: dict[str, ExportedDevice] = {}
         self._holders: dict[str, Holder] = {}
+        self._listeners: list[Listener] = []
+
+    def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _tell(self, device: ExportedDevice, added: bool) -> None:
+        for listener in list(self._listeners):
+            listener(device, added)
 
     def add(self, device: ExportedDevice) -> None:
         busid = device.info.busid
@@ -32,6 +46,7 @@ class Registry:
             raise ValueError(f"busid {busid} is already exported")
         self._exports[busid] = device
         log.info("exporting %s (%04x:%04x)", busid, device.info.idVendor, device.info.idProduct)
+        self._tell(device, True)
 
     def remove(self, busid: str) -> ExportedDevice:
         """Stop exporting; the connection holding the device (if any) is closed."""
@@ -40,6 +55,7 @@ class Registry:
         if holder is not None:
             holder.device_removed()
         log.info("no longer exporting %s", busid)
+        self._tell(device, False)
         return device
 
     def __contains__(self, busid: str) -> bool:
@@ -66,6 +82,14 @@ class Registry:
             return OpStatus.DEV_BUSY
         self._holders[busid] = holder
         return device
+
+    def evict(self, busid: str, reason: str) -> bool:
+        """Close the connection holding ``busid``, if any; the device stays exported."""
+        holder = self._holders.get(busid)
+        if holder is None:
+            return False
+        holder.evict(reason)
+        return True
 
     def release(self, busid: str, holder: Holder) -> None:
         if self._holders.get(busid) is holder:

@@ -13,7 +13,7 @@ from typing import Any
 from usbwire.protocol.connection import DEFAULT_MAX_TRANSFER
 from usbwire.protocol.constants import DEFAULT_PORT
 from usbwire.protocol.session import DEAD_AFTER, DEFAULT_WINDOW
-from usbwire.server.access import AccessPolicy
+from usbwire.server.access import AccessPolicy, ImportGate
 from usbwire.server.connection import UsbipProtocol
 from usbwire.server.registry import Registry
 from usbwire.server.session import Sessions
@@ -56,6 +56,7 @@ class Server:
     limits: Limits = field(default_factory=Limits)
     stats: Stats = field(default_factory=Stats)
     policy: AccessPolicy = field(default_factory=AccessPolicy)
+    gate: ImportGate | None = None
 
     def __post_init__(self) -> None:
         self._servers: list[asyncio.base_events.Server] = []
