@@ -401,15 +401,15 @@ class UsbipProtocol(asyncio.Protocol):
 
     def device_removed(self) -> None:
         """The registry dropped our device (unexport, unplug): end the import."""
-        if self.session is not None and self.session.suspended:
-            self.session.ending = True
-            self._end(RuntimeError("device removed while waiting for the client to resume"))
-            return
-        if self.transport is not None and not self.transport.is_closing():
-            self._abort("device removed")
+        self.evict("device removed")
 
     def evict(self, reason: str) -> None:
         """End the import on the registry's word (fleet mode: the claim it was made under is gone)."""
+        if self.session is not None and self.session.suspended:
+            # No link to abort: the import waits for a resumption that must not come now.
+            self.session.ending = True
+            self._end(RuntimeError(f"{reason} while waiting for the client to resume"))
+            return
         if self.transport is not None and not self.transport.is_closing():
             self._abort(reason)
 
