@@ -3,40 +3,18 @@
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.test_cli import USBWIRE, usbwire
+from tests.test_cli import serving, usbwire
 
 
 @pytest.fixture
 def served_webcam(tmp_path: Path) -> Iterator[tuple[int, Path, list[str]]]:
-    control = tmp_path / "control.sock"
-    process = subprocess.Popen(
-        [*USBWIRE, "serve", "--host", "127.0.0.1", "--port", "0", "--control", str(control),
-         "--webcam", "--format", "yuyv", "--size", "320x240", "--fps", "15"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    assert process.stderr is not None
-    log: list[str] = []
-    port = 0
-    for line in process.stderr:
-        log.append(line)
-        if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-            port = int(match.group(1))
-        if "control socket" in line:
-            break
-    assert port, "".join(log)
-    try:
-        yield port, control, log
-    finally:
-        process.terminate()
-        assert process.wait(timeout=10) == 0
+    for served in serving(tmp_path, "--webcam", "--format", "yuyv", "--size", "320x240", "--fps", "15"):
+        yield served.port, served.control, served.log
 
 
 def test_webcam_is_exported_after_the_demo_devices(served_webcam: tuple[int, Path, list[str]]) -> None:
