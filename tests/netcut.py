@@ -3,6 +3,7 @@
 with CuttablePath(server_port) as path:     # clients connect to path.port
     path.cut(5.0)        # every connection ends now; new ones are reset for 5 s
     path.swallow(True)   # bytes vanish both ways while the connections look alive
+    path.swallow(False)  # new bytes cross again, except on a connection that lost some (see swallow)
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ class CuttablePath:
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         self._refuse_until = 0.0
-        self._swallowing = False
-        self._replies_only = False
+        self._swallowed: tuple[bool, ...] = ()  # the directions dropped now (True: the server's)
         threading.Thread(target=self._accept, name="cuttable-path", daemon=True).start()
 
     def __enter__(self) -> CuttablePath:
@@ -43,9 +43,13 @@ class CuttablePath:
 
     def swallow(self, on: bool, *, replies_only: bool = False) -> None:
         """While on, forwarded bytes are dropped (only the server's with ``replies_only``): each
-        side's peer looks alive and silent."""
-        self._swallowing = on
-        self._replies_only = replies_only
+        side's peer looks alive and silent.
+
+        A direction of a connection that lost bytes keeps losing them after ``swallow(False)``:
+        TCP would retransmit them, we cannot, and a stream with a hole must never reach a peer.
+        Such a connection stays a black hole until it is cut or a peer gives up on it."""
+        # One assignment: a pump never sees half a change (swallowing, but both ways).
+        self._swallowed = ((True,) if replies_only else (False, True)) if on else ()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -75,9 +79,13 @@ class CuttablePath:
                 threading.Thread(target=self._pump, args=(source, sink, replies), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        holed = False
         try:
             while data := source.recv(65536):
-                if not self._swallowing or (self._replies_only and not replies):
+                # Swallowing may end between two chunks, a moment the test cannot choose: what
+                # comes after a dropped chunk is dropped too, so it never arrives out of place.
+                holed = holed or replies in self._swallowed
+                if not holed:
                     sink.sendall(data)
         except OSError:
             pass

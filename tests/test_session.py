@@ -76,6 +76,24 @@ def resumable(
             os.waitpid(session.pid, 0)
 
 
+@contextlib.contextmanager
+def held(running: RunningServer) -> Iterator[None]:
+    """The server's loop stands still inside the block (10 s at most): what reaches the server
+    meanwhile waits in its sockets."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(10)
+
+    running.loop.call_soon_threadsafe(hold)
+    assert holding.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+
+
 def holder(running: RunningServer, busid: str = LOOPBACK) -> UsbipProtocol | None:
     return running.call(lambda: running.server.registry.holder(busid))  # type: ignore[return-value]
 
@@ -138,8 +156,8 @@ def test_replies_lost_in_a_black_hole_are_sent_again() -> None:
         wait_until(lambda: holder(running).status()["urbs"] == 5, "the server to answer into the hole")  # type: ignore[union-attr]
         received = session.relay.stream.received
 
+        path.swallow(False)  # the old connection lost replies: it stays a black hole until the cut
         path.cut()
-        path.swallow(False)
         replies = answers(client, 2)
 
         assert replies[out].status == 0 and replies[into].data == b"x" * 1000
@@ -306,23 +324,30 @@ def test_unacknowledged_output_is_bounded_and_all_of_it_arrives_after_a_resumpti
         resumable(path.port, dead_after=30.0) as session,
     ):
         client = session.client
-        path.swallow(True, replies_only=True)  # the client acknowledges nothing from now on
-        chunks = [os.urandom(64 * 1024) for _ in range(16)]
-        pairs = [
-            (
-                client.submit(ep=1, direction=Direction.OUT, data=chunk),
-                client.submit(ep=1, direction=Direction.IN, length=len(chunk)),
-            )
-            for chunk in chunks
-        ]
         owner = holder(running)
         assert owner is not None and owner.session is not None
         session_of_owner = owner.session
-        wait_until(lambda: running.call(lambda: session_of_owner.busy), "the server to stop taking URBs")
+        path.swallow(True, replies_only=True)  # the client acknowledges nothing from now on
+        chunks = [os.urandom(64 * 1024) for _ in range(16)]
+        pairs, burst = [], []
+        for chunk in chunks:
+            out, out_bytes = client.submit_bytes(ep=1, direction=Direction.OUT, data=chunk)
+            into, into_bytes = client.submit_bytes(ep=1, direction=Direction.IN, length=len(chunk))
+            pairs.append((out, into))
+            burst += [out_bytes, into_bytes]
+        relayed = session.relay.stream.sent + sum(map(len, burst))
+        # The whole burst waits in the server's socket, which then reads it in 256 KiB gulps of
+        # several pairs each: the bound must hold within one gulp, not only between gulps.
+        with held(running):
+            client.sock.sendall(b"".join(burst))
+            wait_until(lambda: session.relay.stream.sent == relayed, "the relay to pass the burst on")
+        wait_until(lambda: running.call(session_of_owner.busy), "the server to stop taking URBs")
         answered = running.call(lambda: owner.dispatcher.urbs if owner.dispatcher else 0)
         assert running.call(lambda: session_of_owner.stream.backlog) <= 256 * 1024 + 64 * 1024 + 1024
         assert answered < 1 + 2 * 16  # configure, and only some of the pairs: the rest wait unread
 
+        # The server holds the rest unread: after the resumption it takes it, acknowledging it
+        # past what the resumption told the relay it holds, never short of it.
         path.swallow(False)
         path.cut()
         replies = answers(client, 2 * 16)

@@ -68,6 +68,7 @@ class UsbipProtocol(asyncio.Protocol):
         self.device: ExportedDevice | None = None
         self.dispatcher: Dispatcher | None = None
         self._out: list[bytes] = []
+        self._out_bytes = 0  # in _out
         self._out_large = False
         self._flush_scheduled = False
         self._reading_paused = False
@@ -417,6 +418,7 @@ class UsbipProtocol(asyncio.Protocol):
 
     def send(self, data: bytes, payload: bytes = b"") -> None:
         self._out.append(data)
+        self._out_bytes += len(data) + len(payload)
         if payload:
             self._out.append(payload)
             # Big IN data goes out by a vectored write rather than be copied into one buffer.
@@ -440,12 +442,14 @@ class UsbipProtocol(asyncio.Protocol):
             # Kept for a resumption even while no link is up.
             out = self._out
             self._out = []
+            self._out_bytes = 0
             self._out_large = False
             self.session.send(out[0] if len(out) == 1 else b"".join(out))
             return
         if self._out and self.transport is not None and not self.transport.is_closing():
             out = self._out
             self._out = []
+            self._out_bytes = 0
             if len(out) == 1:
                 self.transport.write(out[0])
             elif self._out_large:
@@ -460,7 +464,7 @@ class UsbipProtocol(asyncio.Protocol):
 
     def _busy(self) -> bool:
         in_flight = self.dispatcher.in_flight if self.dispatcher else 0
-        session_busy = self.session is not None and self.session.busy
+        session_busy = self.session is not None and self.session.busy(self._out_bytes)
         return self._writing_paused or in_flight >= self.server.limits.max_in_flight or session_busy
 
     def _update_reading(self) -> None:

@@ -74,10 +74,13 @@ class ServerSession:
     def suspended(self) -> bool:
         return self.started and self.transport is None
 
-    @property
-    def busy(self) -> bool:
-        """Too much unacknowledged output: take no more URBs until the client catches up."""
-        return self.stream.backlog > MAX_BACKLOG
+    def busy(self, unsent: int = 0) -> bool:
+        """Too much unacknowledged output: take no more URBs until the client catches up.
+
+        ``unsent`` counts replies already made but not yet handed to the stream (a batch being
+        gathered): they will be unacknowledged output too, so a batch cannot overshoot the bound.
+        """
+        return self.stream.backlog + unsent > MAX_BACKLOG
 
     def start(self, transport: asyncio.Transport) -> None:
         self.started = True
@@ -136,8 +139,9 @@ class ServerSession:
             self._expiry.cancel()
             self._expiry = None
         self.resumptions += 1
-        # What the client holds now counts as acknowledged; the rest goes again.
-        self._acked_to_peer = self.stream.received - self._unprocessed()
+        # ``reply`` tells the client we hold all we received, taken as URBs or still buffered:
+        # it forgets those bytes, so no later ACK may count fewer (it would be impossible).
+        self._acked_to_peer = self.stream.received
         transport.write(reply + self.stream.resume(peer_received))
         self._link(transport)
 
