@@ -7,9 +7,9 @@ import reply) but lets a test decide exactly what is sent and when.
 from __future__ import annotations
 
 import socket
-import struct
 from dataclasses import dataclass, field
 
+from tests.raw import setup_packet
 from usbwire.protocol import (
     NEED_DATA,
     ClientConnection,
@@ -52,10 +52,6 @@ def read_until_closed(sock: socket.socket) -> bytes:
     except ConnectionResetError:
         pass
     return b"".join(chunks)
-
-
-def setup_packet(request_type: int, request: int, value: int, index: int, length: int) -> bytes:
-    return struct.pack("<BBHHH", request_type, request, value, index, length)
 
 
 @dataclass

@@ -8,7 +8,6 @@ side of the tests: 0 is control, 1..7 are bulk or interrupt, 8..15 are isochrono
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from functools import reduce
 from operator import or_
@@ -16,6 +15,7 @@ from typing import TypeAlias
 
 from hypothesis import strategies as st
 
+from tests.raw import setup_packet
 from usbwire.protocol import (
     CmdSubmit,
     CmdUnlink,
@@ -129,11 +129,6 @@ op_req_imports = st.builds(OpReqImport, busid=busids)
 op_rep_imports_ok = st.builds(OpRepImport, status=st.just(OpStatus.OK), device=device_infos(with_interfaces=False))
 op_rep_imports_refused = st.builds(OpRepImport, status=st.sampled_from([s for s in OpStatus if s != OpStatus.OK]))
 op_rep_imports = st.one_of(op_rep_imports_ok, op_rep_imports_refused)
-
-
-def setup_packet(request_type: int, request: int, value: int, index: int, length: int) -> bytes:
-    """The 8-byte SETUP packet, little-endian as on the USB bus."""
-    return struct.pack("<BBHHH", request_type, request, value, index, length)
 
 
 def _data(draw: st.DrawFn, direction: Direction, length: int) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tests.protocol.pairs import Pair, imported_pair
-from tests.protocol.strategies import setup_packet
+from tests.raw import setup_packet
 from usbwire.protocol import (
     CmdSubmit,
     CmdUnlink,

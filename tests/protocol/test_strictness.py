@@ -6,13 +6,14 @@ we are asked to send at the wrong time raises LocalProtocolError and changes not
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import replace
 
 import pytest
 
 from tests.protocol.pairs import DEVICE, Pair, imported_pair
-from tests.protocol.strategies import setup_packet
+from tests.raw import op_header, setup_packet, urb_header
 from usbwire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from usbwire.protocol import (
     NEED_DATA,
@@ -37,46 +38,12 @@ from usbwire.protocol import (
 
 DEVID = DEVICE.devid  # 0x00010003
 BULK_EP = 1
+cmd_submit = functools.partial(urb_header, devid=DEVID, ep=BULK_EP)
 ISO_EP = 8  # isochronous in the endpoint table of tests.protocol.strategies
 
 
 # ---------------------------------------------------------------------------------------------
 # Builders for raw PDUs, so a test can break exactly one field
-
-
-def op_header(*, version: int = 0x0111, code: int = 0x8005, status: int = 0) -> bytes:
-    return struct.pack(">HHI", version, code, status)
-
-
-def cmd_submit(
-    *,
-    command: int = 1,
-    seqnum: int = 1,
-    devid: int = DEVID,
-    direction: int = Direction.OUT,
-    ep: int = BULK_EP,
-    transfer_flags: int = 0,
-    transfer_buffer_length: int = 0,
-    start_frame: int = 0,
-    number_of_packets: int = 0,
-    interval: int = 0,
-    setup: bytes = bytes(8),
-) -> bytes:
-    """The 48-byte CMD_SUBMIT header (no payload)."""
-    return struct.pack(
-        ">IIIIIIiiii8s",
-        command,
-        seqnum,
-        devid,
-        direction,
-        ep,
-        transfer_flags,
-        transfer_buffer_length,
-        start_frame,
-        number_of_packets,
-        interval,
-        setup,
-    )
 
 
 def ret_submit(

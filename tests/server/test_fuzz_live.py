@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import RunningServer, start_server, wait_released
-from tests.wire import WireClient, read_until_closed, setup_packet
+from tests.raw import setup_packet
+from tests.wire import WireClient, read_until_closed
 from usbwire import Limits
 from usbwire.protocol import CmdSubmit, CmdUnlink, Direction, OpStatus, RetSubmit, UrbFlag
 from usbwire.protocol.codec import encode_cmd_submit, encode_cmd_unlink

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import os
 import socket
@@ -42,14 +43,15 @@ from tests.conftest import (
     wait_released,
     wait_until,
 )
-from tests.wire import WireClient, read_until_closed, setup_packet
+from tests.raw import op_header, setup_packet
+from tests.raw import urb_header as any_urb_header
+from tests.wire import WireClient, read_until_closed
 from usbwire import Limits
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.base import Device
 from usbwire.devices.descriptors import Configuration, DeviceDescriptor, Endpoint, Interface
 from usbwire.devices.loopback import Loopback
 from usbwire.protocol import (
-    USBIP_VERSION,
     ClientConnection,
     Command,
     ConnectionClosed,
@@ -68,6 +70,7 @@ from usbwire.protocol import (
 
 LOOPBACK = "1-1"  # the demo loopback device: bus 1, device 2
 LOOPBACK_DEVID = 0x0001_0002
+urb_header = functools.partial(any_urb_header, devid=LOOPBACK_DEVID, ep=0)
 LIVE = "2-1"  # a second loopback device, held by the well-behaved client
 ISO = "3-1"  # a device with one isochronous IN endpoint
 ISO_DEVID = 0x0003_0002
@@ -150,45 +153,9 @@ def assert_importable(server: RunningServer, busid: str) -> None:
 # -- raw PDUs, built field by field so that they can be wrong -----------------------------------
 
 
-def op_header(*, version: int = USBIP_VERSION, code: int = 0x8005, status: int = 0) -> bytes:
-    """op_common: the 8 bytes in front of every OP request."""
-    return struct.pack(">HHI", version, code, status)
-
-
 def busid_field(raw: bytes) -> bytes:
     """The 32-byte busid of OP_REQ_IMPORT, NUL-padded (``raw`` may fill it all)."""
     return raw.ljust(32, b"\0")
-
-
-def urb_header(
-    command: int,
-    *,
-    seqnum: int = 1,
-    devid: int = LOOPBACK_DEVID,
-    direction: int = Direction.OUT,
-    ep: int = 0,
-    transfer_flags: int = 0,
-    transfer_buffer_length: int = 0,
-    start_frame: int = 0,
-    number_of_packets: int = 0,
-    interval: int = 0,
-    setup: bytes = bytes(8),
-) -> bytes:
-    """A 48-byte URB-phase header laid out as CMD_SUBMIT (USB/IP reference §3.2)."""
-    return struct.pack(
-        ">IIIIIIiiii8s",
-        command,
-        seqnum,
-        devid,
-        direction,
-        ep,
-        transfer_flags,
-        transfer_buffer_length,
-        start_frame,
-        number_of_packets,
-        interval,
-        setup,
-    )
 
 
 def waiting_bulk_in(*, seqnum: int) -> bytes:
