@@ -164,8 +164,9 @@ def feed_server(conversation: Conversation, pieces: Iterable[bytes]) -> list[Rec
     return pump(server, pieces, reply)
 
 
-def feed_client(conversation: Conversation, pieces: Iterable[bytes]) -> list[Received]:
-    """A fresh client sends its request, then reads the server's stream piece by piece."""
+def requesting_client(conversation: Conversation) -> tuple[ClientConnection, Callable[[Received], None]]:
+    """A fresh client that has sent its OP request, and the event hook that sends its URB
+    commands once the import is granted (for :func:`pump`)."""
     client = ClientConnection()
     request, *commands = conversation.client_sends
     client.send(request)
@@ -175,4 +176,10 @@ def feed_client(conversation: Conversation, pieces: Iterable[bytes]) -> list[Rec
             for command in commands:
                 client.send(command)
 
+    return client, send_commands
+
+
+def feed_client(conversation: Conversation, pieces: Iterable[bytes]) -> list[Received]:
+    """A fresh client sends its request, then reads the server's stream piece by piece."""
+    client, send_commands = requesting_client(conversation)
     return pump(client, pieces, send_commands)

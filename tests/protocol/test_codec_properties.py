@@ -26,6 +26,7 @@ from tests.protocol.pairs import (
     new_server,
     play,
     pump,
+    requesting_client,
 )
 from tests.protocol.strategies import (
     Conversation,
@@ -72,7 +73,6 @@ from usbwire.protocol import (
     OpStatus,
     RetUnlink,
     ServerConnection,
-    State,
     codec,
     pack_iso_data,
     unpack_iso_data,
@@ -440,14 +440,6 @@ def test_mutated_server_stream_raises_only_remote_protocol_error(
     played = play(conversation)
     keep = data.draw(st.sampled_from([0, played.server_op_size]))
     stream = data.draw(mutated(played.server_bytes, keep=keep))
-    client = ClientConnection()
-    request, *commands = conversation.client_sends
-    client.send(request)
-
-    def send_commands(event: Received) -> None:
-        if isinstance(event, OpRepImport) and client.state is State.URB:
-            for command in commands:
-                client.send(command)
-
+    client, send_commands = requesting_client(conversation)
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=4))
     _survives(client, chunks(stream, cuts), send_commands)
