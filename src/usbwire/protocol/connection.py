@@ -243,19 +243,7 @@ class ServerConnection(Connection):
             raise LocalProtocolError(
                 f"no CMD_SUBMIT {request.seqnum} is waiting for an answer", field="seqnum", value=request.seqnum
             )
-        if request.direction == Direction.IN:
-            if actual_length > request.transfer_buffer_length or len(data) != actual_length:
-                raise LocalProtocolError(
-                    f"{len(data)} IN bytes, actual_length={actual_length}, buffer of {request.transfer_buffer_length}",
-                    field="actual_length",
-                    value=actual_length,
-                )
-        elif data or actual_length > request.transfer_buffer_length:
-            raise LocalProtocolError(
-                f"OUT answer with {len(data)} bytes of data, actual_length={actual_length}",
-                field="actual_length",
-                value=actual_length,
-            )
+        _check_sizes(request, actual_length, data)
         if request.is_iso:
             raise LocalProtocolError("an iso request is answered with its packets", field="iso_packets", value=0)
         del self._outstanding[request.seqnum]
@@ -307,21 +295,25 @@ class ServerConnection(Connection):
         return RetUnlink(seqnum=unlink_seqnum, status=-Errno.ECONNRESET)
 
 
-def _check_answer(ret: RetSubmit, request: CmdSubmit) -> None:
-    if ret.actual_length > request.transfer_buffer_length:
+def _check_sizes(request: CmdSubmit, actual_length: int, data: bytes) -> None:
+    if actual_length > request.transfer_buffer_length:
         raise LocalProtocolError(
-            f"actual_length={ret.actual_length} exceeds the {request.transfer_buffer_length}-byte buffer",
+            f"actual_length={actual_length} exceeds the {request.transfer_buffer_length}-byte buffer",
             field="actual_length",
-            value=ret.actual_length,
+            value=actual_length,
         )
-    if request.direction == Direction.OUT and ret.data:
-        raise LocalProtocolError("an OUT transfer is answered without data", field="data", value=len(ret.data))
-    if request.direction == Direction.IN and len(ret.data) != ret.actual_length:
+    if request.direction == Direction.OUT and data:
+        raise LocalProtocolError("an OUT transfer is answered without data", field="data", value=len(data))
+    if request.direction == Direction.IN and len(data) != actual_length:
         raise LocalProtocolError(
-            f"{len(ret.data)} IN bytes but actual_length={ret.actual_length}",
+            f"{len(data)} IN bytes but actual_length={actual_length}",
             field="data",
-            value=len(ret.data),
+            value=len(data),
         )
+
+
+def _check_answer(ret: RetSubmit, request: CmdSubmit) -> None:
+    _check_sizes(request, ret.actual_length, ret.data)
     if ret.iso_packets and sum(p.actual_length for p in ret.iso_packets) != ret.actual_length:
         raise LocalProtocolError(
             f"iso packets sum to {sum(p.actual_length for p in ret.iso_packets)} bytes, "
