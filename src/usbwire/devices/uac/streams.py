@@ -156,6 +156,7 @@ class WavSink:
         if self._wav is not None and self._pending:
             self._wav.writeframes(bytes(self._pending))
             self._pending.clear()
+            # The wave module owns the file (and closes it when collected) but offers no flush.
             self._wav._file.flush()  # type: ignore[attr-defined]
 
     def close(self) -> None:
