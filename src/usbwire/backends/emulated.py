@@ -67,7 +67,12 @@ class EmulatedExport(ExportedDevice):
                 if endpoint.transfer == TransferType.ISOCHRONOUS:
                     start = None if urb.flags & UrbFlag.ISO_ASAP else urb.start_frame
                     done = await self.device.isochronous(endpoint, urb.data, urb.iso_packets, start)
-                    return UrbResult(0, done.data, None, done.start_frame, done.packets, done.error_count)
+                    return UrbResult(
+                        data=done.data,
+                        start_frame=done.start_frame,
+                        iso_packets=done.packets,
+                        error_count=done.error_count,
+                    )
                 data = await self.device.transfer(endpoint, urb.data, urb.length)
         except Stall:
             return _EPIPE
