@@ -43,6 +43,10 @@ class UrbResult:
     error_count: int = 0
 
 
+# What complete_now returns: (status, actual_length, IN data), or None.
+Completed = tuple[int, int, bytes] | None
+
+
 class ExportedDevice(abc.ABC):
     """A device the server can list and hand to one client at a time."""
 
@@ -61,6 +65,13 @@ class ExportedDevice(abc.ABC):
     @abc.abstractmethod
     async def submit(self, urb: Urb) -> UrbResult:
         """Run one transfer to completion. Cancellation means UNLINK."""
+
+    def complete_now(self, ep: int, direction: int, flags: int, length: int, setup: bytes, data: bytes) -> Completed:
+        """The server's fast lane: a non-isochronous transfer that completes without waiting,
+        as (status, actual_length, IN data), or None, having done nothing, for one that must
+        go through :meth:`submit` (the default: every transfer does). Isochronous transfers
+        are always declined."""
+        return None
 
     async def reset(self) -> None:
         """Reset the device (SET_FEATURE(PORT_RESET) through the hub)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from usbwire.backends.base import ExportedDevice, Urb, UrbResult
+from usbwire.backends.base import Completed, ExportedDevice, Urb, UrbResult
 from usbwire.devices.base import Device, endpoint_type
 from usbwire.devices.requests import Setup
 from usbwire.errors import Stall
@@ -10,6 +10,7 @@ from usbwire.protocol.constants import Direction, Errno, Speed, TransferType, Ur
 from usbwire.protocol.pdu import DeviceInfo, InterfaceInfo
 
 _EPIPE = UrbResult(status=-Errno.EPIPE)
+_STALLED = (-Errno.EPIPE, 0, b"")
 
 
 class EmulatedExport(ExportedDevice):
@@ -81,6 +82,23 @@ class EmulatedExport(ExportedDevice):
         if len(data) < urb.length and urb.flags & UrbFlag.SHORT_NOT_OK:
             return UrbResult(status=-Errno.EREMOTEIO, data=data)
         return UrbResult(data=data)
+
+    def complete_now(self, ep: int, direction: int, flags: int, length: int, setup: bytes, data: bytes) -> Completed:
+        device = self.device
+        try:
+            if ep == 0:
+                answer = device.control_now(setup, data)
+            else:
+                answer = device.transfer_now(ep | direction << 7, data, length)
+        except Stall:
+            return _STALLED
+        if answer is None:
+            return None
+        if not direction:
+            return 0, length, b""
+        if len(answer) < length and flags & UrbFlag.SHORT_NOT_OK:
+            return -Errno.EREMOTEIO, len(answer), answer
+        return 0, len(answer), answer
 
     async def reset(self) -> None:
         self.device.reset()

@@ -40,6 +40,8 @@ class Device:
         self.remote_wakeup = False
         self._endpoints: dict[int, Endpoint] = {}
         self._iso_clocks: dict[int, IsoClock] = {}
+        # Raw SETUP packet of a standard GET_DESCRIPTOR to the device -> its answer.
+        self._descriptor_answers: dict[bytes, bytes] = {}
 
     # -- state -------------------------------------------------------------------------------
 
@@ -105,14 +107,31 @@ class Device:
     async def control(self, setup: Setup, data: bytes) -> bytes:
         """Answer one control transfer; raises Stall to refuse it."""
         # Plain bit tests rather than Setup's properties: this runs for every control URB.
-        request_type = setup.request_type
-        if request_type & 0x60 == RequestType.STANDARD << 5:
-            result = self.standard_request(setup, data)
-        else:
-            result = await self.class_request(setup, data)
-        if result is None:
-            return b""
-        return result[: setup.length] if request_type & 0x80 else b""
+        if setup.request_type & 0x60 == RequestType.STANDARD << 5:
+            return _shaped(setup, self.standard_request(setup, data))
+        return _shaped(setup, await self.class_request(setup, data))
+
+    def control_now(self, setup: bytes, data: bytes) -> bytes | None:
+        """:meth:`control` of the raw SETUP packet ``setup`` for a request answered without
+        waiting (every standard one), or None, having done nothing, for one that may have to
+        wait (class and vendor requests)."""
+        answer = self._descriptor_answers.get(setup)
+        if answer is not None:
+            return answer
+        if setup[0] & 0x60 != RequestType.STANDARD << 5:
+            return None
+        parsed = Setup.from_bytes(setup)
+        answer = _shaped(parsed, self.standard_request(parsed, data))
+        # The DescriptorSet's bytes never change while the device exists, so neither do these
+        # answers; a bounded few are kept, as a host asks for the same ones again and again.
+        if (
+            setup[0] == _GET_DEVICE_DESCRIPTOR[0]
+            and setup[1] == _GET_DEVICE_DESCRIPTOR[1]
+            and setup[3] in _FIXED
+            and len(self._descriptor_answers) < _MAX_DESCRIPTOR_ANSWERS
+        ):
+            self._descriptor_answers[setup] = answer
+        return answer
 
     async def transfer(self, endpoint: Endpoint, data: bytes, length: int) -> bytes:
         """A bulk or interrupt transfer: OUT hands ``data`` over, IN returns up to ``length``."""
@@ -122,6 +141,19 @@ class Device:
             await self.handle_out(endpoint, data)
             return b""
         return await self.handle_in(endpoint, length)
+
+    def transfer_now(self, address: int, data: bytes, length: int) -> bytes | None:
+        """:meth:`transfer` on the endpoint at ``address`` if it completes without waiting,
+        else None, having done nothing: also for an endpoint that is not there or is
+        isochronous, which the backend's full path answers."""
+        endpoint = self._endpoints.get(address)
+        if endpoint is None or endpoint.transfer is TransferType.ISOCHRONOUS:
+            return None
+        if address in self.halted:
+            raise Stall(f"endpoint 0x{address:02x} is halted")
+        if address & 0x80:
+            return self.in_now(endpoint, length)
+        return b"" if self.out_now(endpoint, data) else None
 
     async def isochronous(
         self, endpoint: Endpoint, data: bytes, packets: Sequence[IsoPacket], start_frame: int | None = None
@@ -176,6 +208,16 @@ class Device:
 
     async def handle_in(self, endpoint: Endpoint, length: int) -> bytes:
         raise Stall(f"endpoint 0x{endpoint.address:02x} has no data")
+
+    def out_now(self, endpoint: Endpoint, data: bytes) -> bool:
+        """Take OUT ``data`` if that needs no waiting (the server's fast lane); False leaves
+        the transfer to :meth:`handle_out`. A device that overrides this builds its
+        ``handle_out`` on it, so that both agree."""
+        return False
+
+    def in_now(self, endpoint: Endpoint, length: int) -> bytes | None:
+        """IN data that is ready now, else None (the transfer then goes to :meth:`handle_in`)."""
+        return None
 
     async def iso_in(self, endpoint: Endpoint, lengths: Sequence[int]) -> Sequence[bytes | int]:
         """One payload per requested packet (at most its length), or a negative errno for a
@@ -286,6 +328,27 @@ class Device:
     def _set_address(self, setup: Setup) -> None:
         # vhci completes SET_ADDRESS itself; a stray one is harmless to acknowledge.
         return None
+
+
+_GET_DEVICE_DESCRIPTOR = (0x80, StandardRequest.GET_DESCRIPTOR)
+# Descriptor types answered from the DescriptorSet alone (not descriptor_request).
+_FIXED = frozenset(
+    {
+        DescriptorType.DEVICE,
+        DescriptorType.CONFIGURATION,
+        DescriptorType.STRING,
+        DescriptorType.DEVICE_QUALIFIER,
+        DescriptorType.BOS,
+    }
+)
+_MAX_DESCRIPTOR_ANSWERS = 64
+
+
+def _shaped(setup: Setup, result: bytes | None) -> bytes:
+    """A request's answer as the data stage carries it: at most wLength bytes, IN only."""
+    if result is None or not setup.request_type & 0x80:
+        return b""
+    return result[: setup.length]
 
 
 def _clear_feature(device: Device, setup: Setup) -> None:

@@ -56,22 +56,32 @@ class Loopback(Device):
         self._filled = asyncio.Event()
         self._drained = asyncio.Event()
 
-    async def handle_out(self, endpoint: Endpoint, data: bytes) -> None:
-        # A full device NAKs: the OUT transfer waits, which is backpressure for free.
-        while self._queued and len(self._queued) + len(data) > self.capacity:
-            self._drained.clear()
-            await self._drained.wait()
+    def out_now(self, endpoint: Endpoint, data: bytes) -> bool:
+        if self._queued and len(self._queued) + len(data) > self.capacity:
+            return False
         self._queued += data
         self._filled.set()
+        return True
 
-    async def handle_in(self, endpoint: Endpoint, length: int) -> bytes:
-        while not self._queued:
-            self._filled.clear()
-            await self._filled.wait()
+    async def handle_out(self, endpoint: Endpoint, data: bytes) -> None:
+        # A full device NAKs: the OUT transfer waits, which is backpressure for free.
+        while not self.out_now(endpoint, data):
+            self._drained.clear()
+            await self._drained.wait()
+
+    def in_now(self, endpoint: Endpoint, length: int) -> bytes | None:
+        if not self._queued:
+            return None
         with memoryview(self._queued) as queued:
             chunk = bytes(queued[:length])  # one copy, where a slice of the bytearray makes two
         del self._queued[:length]
         self._drained.set()
+        return chunk
+
+    async def handle_in(self, endpoint: Endpoint, length: int) -> bytes:
+        while (chunk := self.in_now(endpoint, length)) is None:
+            self._filled.clear()
+            await self._filled.wait()
         return chunk
 
     async def class_request(self, setup: Setup, data: bytes) -> bytes | None:

@@ -18,7 +18,7 @@ from usbwire import auth
 from usbwire.backends.base import KernelExport
 from usbwire.errors import RemoteProtocolError
 from usbwire.keepalive import keepalive
-from usbwire.protocol.connection import ServerConnection
+from usbwire.protocol.connection import Immediate, ServerConnection
 from usbwire.protocol.constants import Direction, OpStatus, TransferType
 from usbwire.protocol.pdu import (
     NEED_DATA,
@@ -87,6 +87,8 @@ class UsbipProtocol(asyncio.Protocol):
         self.session: ServerSession | None = None
         self._session_busid: str | None = None
         self._process_scheduled = False
+        # Dispatcher.complete_now while URBs of a plain import may take the fast lane.
+        self._fast: Immediate | None = None
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -112,6 +114,20 @@ class UsbipProtocol(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
+        fast = self._fast
+        if fast is not None:
+            # The URB phase of a plain import: answer what completes at once and write it
+            # in one go; anything else (a URB that waits, an UNLINK, a bad PDU) goes on to
+            # _process with the bytes left over.
+            conn = self.conn
+            conn.receive_data(data)
+            answered = conn.answer_ready(fast, self._out)
+            self.server.stats.replies += answered
+            if conn.buffered:
+                self._process()
+            elif self._out:
+                self._write_out()
+            return
         session = self.session
         if session is not None and session.started:
             try:
@@ -142,6 +158,7 @@ class UsbipProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._fast = None
         if self._request_timer is not None:
             self._request_timer.cancel()
         if self._liveness is not None:
@@ -180,10 +197,14 @@ class UsbipProtocol(asyncio.Protocol):
         self._flush_scheduled = True
         self._first_of_batch = True
         self._processing = True
+        framed = self.session is not None and self.session.started
+        fast = self.dispatcher.complete_now if self.dispatcher is not None and not framed else None
         while not self._closing:
-            if self.session is not None and self.session.started and self._busy():
+            if framed and self._busy():
                 break  # the rest waits in the buffer; frames (pings, acks) are still read
             try:
+                if fast is not None and (answered := conn.answer_ready(fast, self._out)):
+                    self.server.stats.replies += answered
                 event = conn.next_event()
                 if type(event) is CmdSubmit:
                     self.dispatcher.submit(event)  # type: ignore[union-attr]
@@ -267,6 +288,7 @@ class UsbipProtocol(asyncio.Protocol):
         assert transport is not None
         reply = self.conn.send(OpRepResume(status=OpStatus.OK, received=session.stream.received))
         self._closing = True
+        self._fast = None
         self.transport = None
         if self._request_timer is not None:
             self._request_timer.cancel()
@@ -395,6 +417,8 @@ class UsbipProtocol(asyncio.Protocol):
             self._write_out()  # the reply goes unframed; all after it in frames
             assert self.transport is not None
             self.session.start(self.transport)
+        else:
+            self._fast = self.dispatcher.complete_now
         self._process()  # URBs may already be waiting in the buffer
 
     def _as_requested(self, info: DeviceInfo) -> DeviceInfo:
@@ -515,6 +539,7 @@ class UsbipProtocol(asyncio.Protocol):
         if self.session is not None:
             self.session.ending = True
         self._closing = True
+        self._fast = None
         self._flush()
         if self.transport is not None:
             self.transport.close()
@@ -524,6 +549,7 @@ class UsbipProtocol(asyncio.Protocol):
         if self.session is not None:
             self.session.ending = True
         self._closing = True
+        self._fast = None
         if self.transport is not None:
             self.transport.abort()
 
