@@ -7,6 +7,7 @@ end to end and the device costs next to nothing per transfer.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 from usbwire.devices.base import Device
 from usbwire.devices.descriptors import Configuration, DeviceDescriptor, Endpoint, Interface
@@ -51,38 +52,69 @@ class Loopback(Device):
         max_packet = {Speed.FULL: 64, Speed.HIGH: 512}.get(speed, 1024)
         super().__init__(_descriptor(max_packet), speed)
         self.capacity = capacity
-        self._queued = bytearray()
+        # The OUT transfers' bytes as they came: an IN that asks for exactly one of them (the
+        # usual case) gets that very object back, without a copy.
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0  # bytes in _chunks
         self._control_buffer = b""
-        self._filled = asyncio.Event()
-        self._drained = asyncio.Event()
+        # A transfer waiting for the other direction: an IN for data, an OUT for room.
+        self._waiter: asyncio.Future[None] | None = None
 
     def out_now(self, endpoint: Endpoint, data: bytes) -> bool:
-        if self._queued and len(self._queued) + len(data) > self.capacity:
+        if self._queued and self._queued + len(data) > self.capacity:
             return False
-        self._queued += data
-        self._filled.set()
+        if data:
+            self._chunks.append(data)
+            self._queued += len(data)
+            if self._waiter is not None:
+                self._wake()
         return True
 
     async def handle_out(self, endpoint: Endpoint, data: bytes) -> None:
         # A full device NAKs: the OUT transfer waits, which is backpressure for free.
         while not self.out_now(endpoint, data):
-            self._drained.clear()
-            await self._drained.wait()
+            await self._wait()
 
     def in_now(self, endpoint: Endpoint, length: int) -> bytes | None:
-        if not self._queued:
+        chunks = self._chunks
+        if not chunks:
             return None
-        with memoryview(self._queued) as queued:
-            chunk = bytes(queued[:length])  # one copy, where a slice of the bytearray makes two
-        del self._queued[:length]
-        self._drained.set()
-        return chunk
+        head = chunks.popleft()
+        if len(head) > length:
+            chunks.appendleft(head[length:])
+            head = head[:length]
+        elif len(head) < length and chunks:
+            # The IN spans several OUT transfers: a stream, as far as the host can tell.
+            parts = [head]
+            wanted = length - len(head)
+            while wanted and chunks:
+                part = chunks.popleft()
+                if len(part) > wanted:
+                    chunks.appendleft(part[wanted:])
+                    part = part[:wanted]
+                parts.append(part)
+                wanted -= len(part)
+            head = b"".join(parts)
+        self._queued -= len(head)
+        if self._waiter is not None:
+            self._wake()
+        return head
 
     async def handle_in(self, endpoint: Endpoint, length: int) -> bytes:
         while (chunk := self.in_now(endpoint, length)) is None:
-            self._filled.clear()
-            await self._filled.wait()
+            await self._wait()
         return chunk
+
+    async def _wait(self) -> None:
+        # The OUT and IN endpoints of one loopback never both wait: one of them has data or room.
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._waiter)
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def class_request(self, setup: Setup, data: bytes) -> bytes | None:
         if setup.type != RequestType.VENDOR:
@@ -96,8 +128,13 @@ class Loopback(Device):
 
     def on_clear_halt(self, endpoint: Endpoint) -> None:
         if endpoint.direction == Direction.IN:
-            self._queued.clear()
+            self._drop()
 
     def reset(self) -> None:
         super().reset()
-        self._queued.clear()
+        self._drop()
+
+    def _drop(self) -> None:
+        self._chunks.clear()
+        self._queued = 0
+        self._wake()  # an OUT waiting for room has it now

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from usbwire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from usbwire.protocol import codec
 from usbwire.protocol.codec import SubmitLimits
-from usbwire.protocol.constants import URB_HEADER_SIZE, Command, Direction, Errno
+from usbwire.protocol.constants import URB_HEADER_SIZE, Direction, Errno
 from usbwire.protocol.pdu import (
     NEED_DATA,
     CmdSubmit,
@@ -46,6 +46,8 @@ DEFAULT_MAX_TRANSFER = 16 * 1024 * 1024
 # (status, actual_length, IN data) for a transfer it completed at once, or None, having done
 # nothing, to leave the command to next_event.
 Immediate = Callable[[int, int, int, int, bytes, bytes], "tuple[int, int, bytes] | None"]
+# What ServerConnection.fast_lane returns: (received bytes, replies) -> replies made.
+FastLane = Callable[[bytes, "list[bytes]"], int]
 
 _ENCODERS: dict[type[Event], Callable[[object], bytes]] = {
     OpReqDevlist: codec.encode_op_req_devlist,  # type: ignore[dict-item]
@@ -179,8 +181,6 @@ class Connection:
 
 
 _URB_EVENTS = frozenset({CmdSubmit, CmdUnlink, RetSubmit, RetUnlink})
-_CMD_SUBMIT = int(Command.CMD_SUBMIT)
-_RET_SUBMIT = int(Command.RET_SUBMIT)
 
 
 class ServerConnection(Connection):
@@ -260,77 +260,98 @@ class ServerConnection(Connection):
         )
         return header, data
 
-    def answer_ready(self, complete: Immediate, out: list[bytes]) -> int:
-        """The fast lane: answer the buffered CMD_SUBMITs that ``complete`` finishes at once.
+    def fast_lane(self, complete: Immediate) -> FastLane:
+        """A receiver for the URB phase that answers, straight from the bytes, the plain
+        CMD_SUBMITs that ``complete`` finishes at once.
 
-        Appends each RET_SUBMIT's header (and its IN data right behind it) to ``out`` and
-        returns how many were answered. It stops, leaving the bytes for :meth:`next_event`, at
-        the first PDU that is not a complete CMD_SUBMIT passing every check of the full reader,
-        and at the first one ``complete`` declines. It reads every command as a plain one:
-        ``complete`` must decline isochronous endpoints (whose PDUs carry packet descriptors).
-        No event object is made, which is what lets a Python server keep up with the wire.
+        The returned function takes newly received bytes (as :meth:`receive_data` does) and a
+        list; it appends each RET_SUBMIT's header, and its IN data right behind it, to the
+        list and returns how many it answered. It stops, leaving the bytes for
+        :meth:`next_event`, at the first PDU that is not a complete CMD_SUBMIT passing every
+        check of the full reader, and at the first one ``complete`` declines. It reads every
+        command as a plain one: ``complete`` must decline isochronous endpoints (whose PDUs
+        carry packet descriptors). No event object is made and nothing is looked up twice,
+        which is what lets a Python server keep up with the wire.
         """
-        if self.state is not State.URB or self._error is not None or self.devid is None:
-            return 0
-        buffer = self._buffer
-        position = self._position
-        end = len(buffer)
-        if end - position < URB_HEADER_SIZE:
-            return 0
+        if self.state is not State.URB or self.devid is None:
+            raise LocalProtocolError("the fast lane is for the URB phase", field="state", value=self.state.name)
+        buffer = self._buffer  # the same object for the connection's life: it changes in place
         devid = self.devid
         max_transfer = self.max_transfer
         outstanding = self._outstanding
         unpack = codec.CMD_SUBMIT.unpack_from
-        pack = codec.RET_SUBMIT.pack
-        append = out.append
-        answered = 0
-        view = memoryview(buffer)
-        try:
-            while end - position >= URB_HEADER_SIZE:
-                (command, seqnum, cmd_devid, direction, ep, flags, length, start_frame, npackets, _, setup) = unpack(
-                    view, position
-                )
-                if (
-                    command != _CMD_SUBMIT
-                    or cmd_devid != devid
-                    or direction > 1
-                    or ep > 15
-                    or not 0 <= length <= max_transfer
-                    or seqnum in outstanding
-                ):
-                    break  # next_event reads it, and names what is wrong
-                if ep == 0 and (setup[6] | setup[7] << 8 != length or (length and setup[0] >> 7 != direction)):
-                    break  # a setup packet disagreeing with the URB: the same
-                start = position + URB_HEADER_SIZE
-                if direction:
-                    data = b""
-                    after = start
-                else:
-                    after = start + length
-                    if after > end:
-                        break
-                    data = bytes(view[start:after]) if length else b""
-                result = complete(ep, direction, flags, length, setup, data)
-                if result is None:
-                    break
-                status, actual, reply = result
-                if actual > length or (len(reply) != actual if direction else reply):
-                    raise LocalProtocolError(
-                        f"answer of {len(reply)} bytes, actual_length={actual}, for a {length}-byte "
-                        f"{'IN' if direction else 'OUT'} buffer",
-                        field="actual_length",
-                        value=actual,
+        pack = codec.RET_SUBMIT_PLAIN.pack
+
+        def answer(data: bytes, out: list[bytes]) -> int:
+            if self._error is not None:
+                if data:
+                    self.receive_data(data)
+                return 0  # next_event raises it again
+            if self._position == len(buffer):
+                # Nothing left over: read the new bytes where they are, buffer only the rest.
+                buffer.clear()
+                source: bytes | bytearray = data
+            else:
+                if data:  # (b"" would mean the end of the stream to receive_data)
+                    self.receive_data(data)
+                source = buffer
+            position = 0 if source is data else self._position
+            end = len(source)
+            append = out.append
+            answered = 0
+            view = memoryview(source)
+            try:
+                while end - position >= URB_HEADER_SIZE:
+                    (command, seqnum, cmd_devid, direction, ep, flags, length, start_frame, npackets, _, setup) = (
+                        unpack(view, position)
                     )
-                append(pack(_RET_SUBMIT, seqnum, 0, 0, 0, status, actual, start_frame, npackets, 0))
-                if reply:
-                    append(reply)
-                position = after
-                answered += 1
-        finally:
-            view.release()
-            # What was answered stays answered, even if a later answer is refused.
-            self._position = position
-        return answered
+                    if (
+                        command != 1  # CMD_SUBMIT
+                        or cmd_devid != devid
+                        or direction > 1
+                        or ep > 15
+                        or not 0 <= length <= max_transfer
+                        or seqnum in outstanding
+                    ):
+                        break  # next_event reads it, and names what is wrong
+                    if ep == 0 and (setup[6] | setup[7] << 8 != length or (length and setup[0] >> 7 != direction)):
+                        break  # a setup packet disagreeing with the URB: the same
+                    if direction:
+                        data_end = position + URB_HEADER_SIZE
+                        result = complete(ep, direction, flags, length, setup, b"")
+                    else:
+                        data_end = position + URB_HEADER_SIZE + length
+                        if data_end > end:
+                            break
+                        out_data = bytes(view[position + URB_HEADER_SIZE : data_end]) if length else b""
+                        result = complete(ep, direction, flags, length, setup, out_data)
+                    if result is None:
+                        break
+                    status, actual, reply = result
+                    if actual > length or (len(reply) != actual if direction else reply):
+                        raise LocalProtocolError(
+                            f"answer of {len(reply)} bytes, actual_length={actual}, for a {length}-byte "
+                            f"{'IN' if direction else 'OUT'} buffer",
+                            field="actual_length",
+                            value=actual,
+                        )
+                    append(pack(3, seqnum, status, actual, start_frame, npackets))  # RET_SUBMIT
+                    if reply:
+                        append(reply)
+                    position = data_end
+                    answered += 1
+            finally:
+                # What was answered stays answered, even if a later answer is refused.
+                if source is buffer:
+                    self._position = position
+                else:
+                    if position < end:
+                        buffer[len(buffer) :] = view[position:]
+                    self._position = 0
+                view.release()
+            return answered
+
+        return answer
 
     def _sending(self, event: Event) -> None:
         if type(event) is RetSubmit:  # the common case first: this runs for every URB

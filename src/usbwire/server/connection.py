@@ -18,7 +18,7 @@ from usbwire import auth
 from usbwire.backends.base import KernelExport
 from usbwire.errors import RemoteProtocolError
 from usbwire.keepalive import keepalive
-from usbwire.protocol.connection import Immediate, ServerConnection
+from usbwire.protocol.connection import FastLane, ServerConnection
 from usbwire.protocol.constants import Direction, OpStatus, TransferType
 from usbwire.protocol.pdu import (
     NEED_DATA,
@@ -87,8 +87,8 @@ class UsbipProtocol(asyncio.Protocol):
         self.session: ServerSession | None = None
         self._session_busid: str | None = None
         self._process_scheduled = False
-        # Dispatcher.complete_now while URBs of a plain import may take the fast lane.
-        self._fast: Immediate | None = None
+        # The connection's fast lane while URBs of a plain import may take it.
+        self._fast: FastLane | None = None
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -119,11 +119,9 @@ class UsbipProtocol(asyncio.Protocol):
             # The URB phase of a plain import: answer what completes at once and write it
             # in one go; anything else (a URB that waits, an UNLINK, a bad PDU) goes on to
             # _process with the bytes left over.
-            conn = self.conn
-            conn.receive_data(data)
-            answered = conn.answer_ready(fast, self._out)
+            answered = fast(data, self._out)
             self.server.stats.replies += answered
-            if conn.buffered:
+            if self.conn.buffered:
                 self._process()
             elif self._out:
                 self._write_out()
@@ -198,13 +196,12 @@ class UsbipProtocol(asyncio.Protocol):
         self._first_of_batch = True
         self._processing = True
         framed = self.session is not None and self.session.started
-        fast = self.dispatcher.complete_now if self.dispatcher is not None and not framed else None
         while not self._closing:
             if framed and self._busy():
                 break  # the rest waits in the buffer; frames (pings, acks) are still read
             try:
-                if fast is not None and (answered := conn.answer_ready(fast, self._out)):
-                    self.server.stats.replies += answered
+                if self._fast is not None:
+                    self.server.stats.replies += self._fast(b"", self._out)
                 event = conn.next_event()
                 if type(event) is CmdSubmit:
                     self.dispatcher.submit(event)  # type: ignore[union-attr]
@@ -418,7 +415,7 @@ class UsbipProtocol(asyncio.Protocol):
             assert self.transport is not None
             self.session.start(self.transport)
         else:
-            self._fast = self.dispatcher.complete_now
+            self._fast = self.conn.fast_lane(self.dispatcher.complete_now)
         self._process()  # URBs may already be waiting in the buffer
 
     def _as_requested(self, info: DeviceInfo) -> DeviceInfo:
