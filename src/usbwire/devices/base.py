@@ -204,10 +204,18 @@ class Device:
         return None
 
     async def handle_out(self, endpoint: Endpoint, data: bytes) -> None:
-        raise Stall(f"endpoint 0x{endpoint.address:02x} takes no data")
+        """OUT data, taken when the device can; a device that never has to wait need only
+        implement :meth:`out_now`."""
+        if not self.out_now(endpoint, data):
+            raise Stall(f"endpoint 0x{endpoint.address:02x} takes no data")
 
     async def handle_in(self, endpoint: Endpoint, length: int) -> bytes:
-        raise Stall(f"endpoint 0x{endpoint.address:02x} has no data")
+        """IN data, once the device has some; a device that never has to wait need only
+        implement :meth:`in_now`."""
+        ready = self.in_now(endpoint, length)
+        if ready is None:
+            raise Stall(f"endpoint 0x{endpoint.address:02x} has no data")
+        return ready
 
     def out_now(self, endpoint: Endpoint, data: bytes) -> bool:
         """Take OUT ``data`` if that needs no waiting (the server's fast lane); False leaves

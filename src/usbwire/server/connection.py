@@ -1,8 +1,11 @@
 """One TCP connection of the server, as an asyncio Protocol.
 
-Bytes go into a sans-I/O :class:`ServerConnection`; events come out and are answered. Every
-reply produced while handling one ``data_received`` (and every reply of URBs completing in the
-same loop iteration) leaves in a single ``transport.write``: one syscall for a burst of URBs.
+Bytes go into a sans-I/O :class:`ServerConnection`; events come out and are answered. In the
+URB phase of a plain import the bytes first pass the connection's fast lane, which answers the
+transfers the device completes at once without making events; whatever it leaves (a transfer
+that must wait, an UNLINK, a malformed PDU) goes the full way. Every reply produced while
+handling one ``data_received`` (and every reply of URBs completing in the same loop iteration)
+leaves in a single write: one syscall for a burst of URBs.
 """
 
 from __future__ import annotations
@@ -52,8 +55,6 @@ log = logging.getLogger("usbwire.server")
 
 # Seconds between checks that a client we stopped reading from is still there.
 LIVENESS_PERIOD = 1.0
-# IN data of this size or more is written behind its header without joining them first.
-LARGE_PAYLOAD = 16 * 1024
 
 
 class UsbipProtocol(asyncio.Protocol):
@@ -69,7 +70,6 @@ class UsbipProtocol(asyncio.Protocol):
         self.dispatcher: Dispatcher | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0  # in _out
-        self._out_large = False
         self._flush_scheduled = False
         self._reading_paused = False
         self._writing_paused = False
@@ -442,8 +442,6 @@ class UsbipProtocol(asyncio.Protocol):
         self._out_bytes += len(data) + len(payload)
         if payload:
             self._out.append(payload)
-            # Big IN data goes out by a vectored write rather than be copied into one buffer.
-            self._out_large = self._out_large or len(payload) >= LARGE_PAYLOAD
         self.server.stats.replies += 1
         if self._first_of_batch:
             # The first answer of a burst leaves at once, so the client can work on it while
@@ -464,7 +462,6 @@ class UsbipProtocol(asyncio.Protocol):
             out = self._out
             self._out = []
             self._out_bytes = 0
-            self._out_large = False
             self.session.send(out[0] if len(out) == 1 else b"".join(out))
             return
         if self._out and self.transport is not None and not self.transport.is_closing():
@@ -473,11 +470,10 @@ class UsbipProtocol(asyncio.Protocol):
             self._out_bytes = 0
             if len(out) == 1:
                 self.transport.write(out[0])
-            elif self._out_large:
-                self.transport.writelines(out)
             else:
-                self.transport.write(b"".join(out))
-            self._out_large = False
+                # One vectored write: uvloop (and asyncio from Python 3.12) pass the pieces to
+                # writev, so IN data is not copied into a joined buffer first.
+                self.transport.writelines(out)
 
     def _urb_done(self) -> None:
         if not self._processing:
