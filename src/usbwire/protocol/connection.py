@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Protocol
 
 from usbwire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from usbwire.protocol import codec
@@ -46,8 +47,16 @@ DEFAULT_MAX_TRANSFER = 16 * 1024 * 1024
 # (status, actual_length, IN data) for a transfer it completed at once, or None, having done
 # nothing, to leave the command to next_event.
 Immediate = Callable[[int, int, int, int, bytes, bytes], "tuple[int, int, bytes] | None"]
-# What ServerConnection.fast_lane returns: (received bytes, replies) -> replies made.
-FastLane = Callable[[bytes, "list[bytes]"], int]
+# More commands than fit in any receive buffer: the fast lane's default "no limit".
+MAX_BATCH = 1 << 30
+
+
+class FastLane(Protocol):
+    """What :meth:`ServerConnection.fast_lane` returns."""
+
+    def __call__(self, data: bytes, out: list[bytes], most: int = MAX_BATCH, /) -> int:
+        """Take ``data``, append the answers of at most ``most`` commands to ``out``; how many."""
+
 
 _ENCODERS: dict[type[Event], Callable[[object], bytes]] = {
     OpReqDevlist: codec.encode_op_req_devlist,  # type: ignore[dict-item]
@@ -264,9 +273,9 @@ class ServerConnection(Connection):
         """A receiver for the URB phase that answers, straight from the bytes, the plain
         CMD_SUBMITs that ``complete`` finishes at once.
 
-        The returned function takes newly received bytes (as :meth:`receive_data` does) and a
-        list; it appends each RET_SUBMIT's header, and its IN data right behind it, to the
-        list and returns how many it answered. It stops, leaving the bytes for
+        The returned function takes newly received bytes (as :meth:`receive_data` does), a
+        list and optionally the most commands to answer; it appends each RET_SUBMIT's header,
+        and its IN data right behind it, to the list and returns how many it answered. It stops, leaving the bytes for
         :meth:`next_event`, at the first PDU that is not a complete CMD_SUBMIT passing every
         check of the full reader, and at the first one ``complete`` declines. It reads every
         command as a plain one: ``complete`` must decline isochronous endpoints (whose PDUs
@@ -282,7 +291,7 @@ class ServerConnection(Connection):
         unpack = codec.CMD_SUBMIT.unpack_from
         pack = codec.RET_SUBMIT_PLAIN.pack
 
-        def answer(data: bytes, out: list[bytes]) -> int:
+        def answer(data: bytes, out: list[bytes], most: int = MAX_BATCH) -> int:
             if self._error is not None:
                 if data:
                     self.receive_data(data)
@@ -301,7 +310,7 @@ class ServerConnection(Connection):
             answered = 0
             view = memoryview(source)
             try:
-                while end - position >= URB_HEADER_SIZE:
+                while end - position >= URB_HEADER_SIZE and answered < most:
                     (command, seqnum, cmd_devid, direction, ep, flags, length, start_frame, npackets, _, setup) = (
                         unpack(view, position)
                     )
