@@ -149,7 +149,7 @@ class Device:
         endpoint = self._endpoints.get(address)
         if endpoint is None or endpoint.transfer is TransferType.ISOCHRONOUS:
             return None
-        if address in self.halted:
+        if self.halted and address in self.halted:
             raise Stall(f"endpoint 0x{address:02x} is halted")
         if address & 0x80:
             return self.in_now(endpoint, length)

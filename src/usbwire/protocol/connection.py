@@ -332,7 +332,12 @@ class ServerConnection(Connection):
                         data_end = position + URB_HEADER_SIZE + length
                         if data_end > end:
                             break
-                        out_data = bytes(view[position + URB_HEADER_SIZE : data_end]) if length else b""
+                        if not length:
+                            out_data = b""
+                        elif source is data:
+                            out_data = data[position + URB_HEADER_SIZE : data_end]  # one copy, no view
+                        else:
+                            out_data = bytes(view[position + URB_HEADER_SIZE : data_end])
                         result = complete(ep, direction, flags, length, setup, out_data)
                     if result is None:
                         break

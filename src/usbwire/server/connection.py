@@ -55,10 +55,13 @@ log = logging.getLogger("usbwire.server")
 
 # Seconds between checks that a client we stopped reading from is still there.
 LIVENESS_PERIOD = 1.0
-# Replies the fast lane writes together after the first of a read, which leaves alone. Small
-# groups keep a client with 32 URBs in flight busy while we make the rest; big ones save writes
-# (a few us each). 8 to 16 all did well in bench/; 12 was the best of both.
+# How the fast lane's answers leave (UsbipProtocol._answer_at_once). Replies written together
+# to a client with many URBs in flight: 8 to 16 all did well in bench/, 12 best of both.
 REPLY_GROUP = 12
+# A client answered one reply per write: fewer answers per read than this, on average...
+SHALLOW = 8 * 16  # (in 16ths)
+# ... and reads smaller than this (big transfers are throughput-bound: grouped).
+BIG_READ = 32 * 1024
 
 
 class UsbipProtocol(asyncio.Protocol):
@@ -93,6 +96,7 @@ class UsbipProtocol(asyncio.Protocol):
         self._process_scheduled = False
         # The connection's fast lane while URBs of a plain import may take it.
         self._fast: FastLane | None = None
+        self._depth = 0  # see _answer_at_once
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -120,20 +124,7 @@ class UsbipProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         fast = self._fast
         if fast is not None:
-            # The URB phase of a plain import: answer what completes at once, the first answer
-            # alone so that the client works on it while we make the rest, which leave in
-            # groups (under a steady load both sides stay busy). Anything else (a URB that
-            # waits, an UNLINK, a bad PDU) goes on to _process with the bytes left over.
-            conn = self.conn
-            group = 1
-            while answered := fast(data, self._out, group):
-                data = b""
-                self.server.stats.replies += answered
-                self._write_out()
-                if not conn.buffered:
-                    return
-                group = REPLY_GROUP
-            self._process()
+            self._answer_at_once(fast, data)
             return
         session = self.session
         if session is not None and session.started:
@@ -151,6 +142,32 @@ class UsbipProtocol(asyncio.Protocol):
             return
         self.conn.receive_data(data)
         self._process()
+
+    def _answer_at_once(self, fast: FastLane, data: bytes) -> None:
+        """The URB phase of a plain import: answer what the device completes at once; what
+        the fast lane leaves (a URB that waits, an UNLINK, a bad PDU) goes on to _process."""
+        conn = self.conn
+        # The first answer leaves alone, so that the client works on it while we make the
+        # rest. Then, to a client that keeps few small URBs in flight, one by one as the C
+        # server does: each write keeps the client's core awake, where a batch lets it fall
+        # asleep, and waking a core costs tens of us in a VM. To a client with many in
+        # flight or with big transfers, in groups, which saves writes where the CPU is the
+        # limit (bench/ measured both).
+        later = 1 if self._depth <= SHALLOW and len(data) < BIG_READ else REPLY_GROUP
+        group = 1
+        answered = 0
+        while made := fast(data, self._out, group):
+            data = b""
+            answered += made
+            self._write_out()
+            if not conn.buffered:
+                break
+            group = later
+        self.server.stats.replies += answered
+        # How deep the client's queue looks: a running average of answers per read, in 16ths.
+        self._depth = (self._depth * 3 + answered * 16) >> 2
+        if conn.buffered:
+            self._process()
 
     def eof_received(self) -> bool:
         if self.session is not None and self.session.started:

@@ -99,8 +99,8 @@ class Dispatcher:
         """The fast lane (``ServerConnection.answer_ready``): a transfer the device completes
         at once, answered without a queue, an event or a coroutine. Declined (None) while
         earlier URBs of the endpoint wait, so that each endpoint keeps its order."""
-        if self._queues.get(ep if ep == 0 else ep | direction << 7):
-            return None
+        if self._endpoint_of and self._queues.get(ep if ep == 0 else ep | direction << 7):
+            return None  # (nothing in flight, the usual case, needs no lookup)
         try:
             result = self.device.complete_now(ep, direction, flags, length, setup, data)
         except Exception as error:
