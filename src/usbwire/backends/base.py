@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
+from usbwire.protocol.connection import Completed
 from usbwire.protocol.constants import Direction, TransferType
 from usbwire.protocol.pdu import DeviceInfo, IsoPacket
 
@@ -41,10 +42,6 @@ class UrbResult:
     start_frame: int = 0
     iso_packets: tuple[IsoPacket, ...] = ()
     error_count: int = 0
-
-
-# What complete_now returns: (status, actual_length, IN data), or None.
-Completed = tuple[int, int, bytes] | None
 
 
 class ExportedDevice(abc.ABC):

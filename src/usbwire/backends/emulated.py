@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from usbwire.backends.base import Completed, ExportedDevice, Urb, UrbResult
+from usbwire.backends.base import ExportedDevice, Urb, UrbResult
 from usbwire.devices.base import Device, endpoint_type
 from usbwire.devices.requests import Setup
 from usbwire.errors import Stall
+from usbwire.protocol.connection import Completed
 from usbwire.protocol.constants import Direction, Errno, Speed, TransferType, UrbFlag
 from usbwire.protocol.pdu import DeviceInfo, InterfaceInfo
 

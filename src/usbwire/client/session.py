@@ -285,7 +285,8 @@ class SessionRelay:
             sock.sendall(conn.send(request))
             conn.receive_data(read_exactly(sock, RESUME_REPLY_SIZE))
             reply = conn.next_event()
-            assert isinstance(reply, OpRepResume)
+            if not isinstance(reply, OpRepResume):
+                raise RemoteProtocolError(f"{type(reply).__name__} where OP_REP_RESUME was due", field="code")
             if reply.status != OpStatus.OK:
                 sock.close()
                 return False

@@ -42,11 +42,13 @@ from usbwire.protocol.state import SENDER, Role, State, next_state
 
 DEFAULT_MAX_TRANSFER = 16 * 1024 * 1024
 
-# The fast lane's handler (see ServerConnection.answer_ready): called with (ep, direction,
+# A transfer completed at once: (status, actual_length, IN data); None when it was not.
+Completed = tuple[int, int, bytes] | None
+# The fast lane's handler (see ServerConnection.fast_lane): called with (ep, direction,
 # transfer_flags, transfer_buffer_length, setup, OUT data) of one plain CMD_SUBMIT, it returns
-# (status, actual_length, IN data) for a transfer it completed at once, or None, having done
-# nothing, to leave the command to next_event.
-Immediate = Callable[[int, int, int, int, bytes, bytes], "tuple[int, int, bytes] | None"]
+# what the transfer completed with, or None, having done nothing, to leave the command to
+# next_event.
+Immediate = Callable[[int, int, int, int, bytes, bytes], Completed]
 # More commands than fit in any receive buffer: the fast lane's default "no limit".
 MAX_BATCH = 1 << 30
 

@@ -3,9 +3,8 @@
 Bytes go into a sans-I/O :class:`ServerConnection`; events come out and are answered. In the
 URB phase of a plain import the bytes first pass the connection's fast lane, which answers the
 transfers the device completes at once without making events; whatever it leaves (a transfer
-that must wait, an UNLINK, a malformed PDU) goes the full way. Every reply produced while
-handling one ``data_received`` (and every reply of URBs completing in the same loop iteration)
-leaves in a single write: one syscall for a burst of URBs.
+that must wait, an UNLINK, a malformed PDU) goes the full way. Replies leave in few writes: the
+first of a burst alone, the rest together (the fast lane paces them by the client's depth).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from usbwire import auth
 from usbwire.backends.base import KernelExport
 from usbwire.errors import RemoteProtocolError
 from usbwire.keepalive import keepalive
-from usbwire.protocol.connection import MAX_BATCH, FastLane, ServerConnection
+from usbwire.protocol.connection import FastLane, ServerConnection
 from usbwire.protocol.constants import Direction, OpStatus, TransferType
 from usbwire.protocol.pdu import (
     NEED_DATA,
@@ -227,7 +226,7 @@ class UsbipProtocol(asyncio.Protocol):
                 break  # the rest waits in the buffer; frames (pings, acks) are still read
             try:
                 if self._fast is not None:
-                    self.server.stats.replies += self._fast(b"", self._out, MAX_BATCH)
+                    self.server.stats.replies += self._fast(b"", self._out)
                 event = conn.next_event()
                 if type(event) is CmdSubmit:
                     self.dispatcher.submit(event)  # type: ignore[union-attr]

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from usbwire.backends.base import ExportedDevice, Urb, UrbResult
 from usbwire.errors import RemoteProtocolError
-from usbwire.protocol.connection import ServerConnection
+from usbwire.protocol.connection import Completed, ServerConnection
 from usbwire.protocol.constants import Direction, Errno, TransferType
 from usbwire.protocol.pdu import CmdSubmit, CmdUnlink, IsoPacket, RetSubmit, RetUnlink
 
@@ -93,10 +93,8 @@ class Dispatcher:
         if len(queue) == 1:
             self._run(key, queue)
 
-    def complete_now(
-        self, ep: int, direction: int, flags: int, length: int, setup: bytes, data: bytes
-    ) -> tuple[int, int, bytes] | None:
-        """The fast lane (``ServerConnection.answer_ready``): a transfer the device completes
+    def complete_now(self, ep: int, direction: int, flags: int, length: int, setup: bytes, data: bytes) -> Completed:
+        """The fast lane's handler (``ServerConnection.fast_lane``): a transfer the device completes
         at once, answered without a queue, an event or a coroutine. Declined (None) while
         earlier URBs of the endpoint wait, so that each endpoint keeps its order."""
         if self._endpoint_of and self._queues.get(ep if ep == 0 else ep | direction << 7):
