@@ -18,7 +18,8 @@ from usbwire.devices.descriptors import Configuration, DeviceDescriptor, Endpoin
 from usbwire.devices.loopback import REQUEST_READ, REQUEST_WRITE, Loopback
 from usbwire.devices.requests import Setup
 from usbwire.errors import Stall
-from usbwire.protocol import Direction, Errno, TransferType, UrbFlag
+from usbwire.protocol import Direction, Errno, ServerConnection, TransferType, UrbFlag
+from usbwire.server.dispatch import Dispatcher
 
 GET_STATUS, GET_DESCRIPTOR, GET_CONFIGURATION, SET_CONFIGURATION = 0, 6, 8, 9
 BULK_OUT, BULK_IN = 0x01, 0x81
@@ -167,3 +168,34 @@ def test_the_export_turns_a_stall_into_epipe_and_declines_what_must_wait() -> No
     assert export.complete_now(1, Direction.IN, 0, 64, bytes(8), b"") is None
     assert export.complete_now(1, Direction.OUT, 0, 3, bytes(8), b"abc") == (0, 3, b"")
     assert export.complete_now(1, Direction.IN, 0, 64, bytes(8), b"") == (0, 3, b"abc")
+
+
+class Faulty(Streamer):
+    """Its interrupt endpoint babbles (answers more than asked) or breaks."""
+
+    def __init__(self, answer: bytes | Exception) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def in_now(self, endpoint: Endpoint, length: int) -> bytes | None:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def dispatcher_for(device: Device) -> Dispatcher:
+    return Dispatcher(EmulatedExport(device, "9-3"), ServerConnection(), lambda data, payload=b"": None, lambda: None)
+
+
+def test_a_device_answering_more_than_was_asked_babbles() -> None:
+    fast = dispatcher_for(Faulty(bytes(9))).complete_now
+    assert fast(2, Direction.IN, 0, 8, bytes(8), b"") == (-Errno.EOVERFLOW, 0, b"")
+
+
+def test_a_device_failing_on_the_fast_path_fails_only_that_urb(caplog: pytest.LogCaptureFixture) -> None:
+    device = Faulty(RuntimeError("sensor unplugged"))
+    fast = dispatcher_for(device).complete_now
+    assert fast(2, Direction.IN, 0, 8, bytes(8), b"") == (-Errno.EPROTO, 0, b"")
+    assert "sensor unplugged" in caplog.text
+    device.answer = b"ok"
+    assert fast(2, Direction.IN, 0, 8, bytes(8), b"") == (0, 2, b"ok")
