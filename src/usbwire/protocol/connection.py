@@ -299,22 +299,21 @@ class ServerConnection(Connection):
                     self.receive_data(data)
                 return 0  # next_event raises it again
             if self._position == len(buffer):
-                # Nothing left over: read the new bytes where they are, buffer only the rest.
-                buffer.clear()
+                # Nothing left over: read the new bytes where they are; only a rest is buffered.
                 source: bytes | bytearray = data
+                position = 0
             else:
                 if data:  # (b"" would mean the end of the stream to receive_data)
                     self.receive_data(data)
                 source = buffer
-            position = 0 if source is data else self._position
+                position = self._position
             end = len(source)
             append = out.append
             answered = 0
-            view = memoryview(source)
             try:
                 while end - position >= URB_HEADER_SIZE and answered < most:
                     (command, seqnum, cmd_devid, direction, ep, flags, length, start_frame, npackets, _, setup) = (
-                        unpack(view, position)
+                        unpack(source, position)
                     )
                     if (
                         command != 1  # CMD_SUBMIT
@@ -337,9 +336,10 @@ class ServerConnection(Connection):
                         if not length:
                             out_data = b""
                         elif source is data:
-                            out_data = data[position + URB_HEADER_SIZE : data_end]  # one copy, no view
+                            out_data = data[position + URB_HEADER_SIZE : data_end]
                         else:
-                            out_data = bytes(view[position + URB_HEADER_SIZE : data_end])
+                            # One copy out of the buffer (a bytearray slice would be a second).
+                            out_data = bytes(memoryview(buffer)[position + URB_HEADER_SIZE : data_end])
                         result = complete(ep, direction, flags, length, setup, out_data)
                     if result is None:
                         break
@@ -360,11 +360,9 @@ class ServerConnection(Connection):
                 # What was answered stays answered, even if a later answer is refused.
                 if source is buffer:
                     self._position = position
-                else:
-                    if position < end:
-                        buffer[len(buffer) :] = view[position:]
+                elif position < end:
+                    buffer[:] = memoryview(data)[position:]
                     self._position = 0
-                view.release()
             return answered
 
         return answer

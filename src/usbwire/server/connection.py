@@ -160,13 +160,16 @@ class UsbipProtocol(asyncio.Protocol):
             answered += made
             self._write_out()
             if not conn.buffered:
-                break
+                self._answered(answered)
+                return
             group = later
+        self._answered(answered)
+        self._process()
+
+    def _answered(self, answered: int) -> None:
         self.server.stats.replies += answered
         # How deep the client's queue looks: a running average of answers per read, in 16ths.
         self._depth = (self._depth * 3 + answered * 16) >> 2
-        if conn.buffered:
-            self._process()
 
     def eof_received(self) -> bool:
         if self.session is not None and self.session.started:
