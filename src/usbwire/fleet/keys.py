@@ -25,6 +25,7 @@ from typing import Any
 
 from usbwire.errors import UsbwireError
 from usbwire.protocol.constants import BUSID_SIZE
+from usbwire.server.access import VID_PID
 
 PREFIX = "/usbwire/v1/"
 SERVERS = PREFIX + "servers/"
@@ -165,9 +166,6 @@ class WaitRecord:
         return cls(str(value["holder"]), [str(m) for m in value["match"]], int(value["count"]))
 
 
-_VID_PID = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")
-
-
 @dataclass(frozen=True, slots=True)
 class Match:
     """Which devices a claim wants: every term must hold (``VID:PID``, ``serial=S``, ``label=K=V``, ...)."""
@@ -186,7 +184,7 @@ class Match:
             raise FleetError("a claim needs at least one --match")
         for term in terms:
             kind, _, value = term.partition("=")
-            if _VID_PID.match(term):
+            if VID_PID.match(term):
                 continue
             if kind in ("serial", "product", "busid", "server") and value:
                 continue
@@ -200,7 +198,7 @@ class Match:
 
 
 def _term_matches(term: str, device: DeviceRecord) -> bool:
-    if _VID_PID.match(term):
+    if VID_PID.match(term):
         return term.lower() == device.vid_pid
     kind, _, value = term.partition("=")
     if kind == "label":

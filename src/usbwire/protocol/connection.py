@@ -347,12 +347,7 @@ class ServerConnection(Connection):
                         break
                     status, actual, reply = result
                     if actual > length or (len(reply) != actual if direction else reply):
-                        raise LocalProtocolError(
-                            f"answer of {len(reply)} bytes, actual_length={actual}, for a {length}-byte "
-                            f"{'IN' if direction else 'OUT'} buffer",
-                            field="actual_length",
-                            value=actual,
-                        )
+                        _check_answer_sizes(length, direction, actual, reply)  # raises, naming what is wrong
                     append(pack(3, seqnum, status, actual, start_frame, npackets))  # RET_SUBMIT
                     if reply:
                         append(reply)
@@ -413,15 +408,19 @@ class ServerConnection(Connection):
 
 
 def _check_sizes(request: CmdSubmit, actual_length: int, data: bytes) -> None:
-    if actual_length > request.transfer_buffer_length:
+    _check_answer_sizes(request.transfer_buffer_length, request.direction, actual_length, data)
+
+
+def _check_answer_sizes(buffer_length: int, direction: int, actual_length: int, data: bytes) -> None:
+    if actual_length > buffer_length:
         raise LocalProtocolError(
-            f"actual_length={actual_length} exceeds the {request.transfer_buffer_length}-byte buffer",
+            f"actual_length={actual_length} exceeds the {buffer_length}-byte buffer",
             field="actual_length",
             value=actual_length,
         )
-    if request.direction == Direction.OUT and data:
+    if direction == Direction.OUT and data:
         raise LocalProtocolError("an OUT transfer is answered without data", field="data", value=len(data))
-    if request.direction == Direction.IN and len(data) != actual_length:
+    if direction == Direction.IN and len(data) != actual_length:
         raise LocalProtocolError(
             f"{len(data)} IN bytes but actual_length={actual_length}",
             field="data",
