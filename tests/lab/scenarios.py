@@ -139,9 +139,13 @@ class KernelClient:
         """``usbip detach -p PORT`` (a vhci port number as ``usbip port`` shows it)."""
         return self.vm.run(f"usbip detach -p {vhci_port}")
 
-    def imported(self) -> Result:
-        """``usbip port``: the devices this guest has imported."""
-        return self.vm.run("usbip port")
+    def imported(self, timeout_s: float = 30.0) -> Result:
+        """``usbip port``: the devices this guest has imported.
+
+        Raises:
+            CommandFailed: ``usbip port`` kept failing for ``timeout_s``.
+        """
+        return self.vm.run(_usbip_port_script(timeout_s), timeout_s + 10, check=True)
 
     def vhci_status(self) -> str:
         """The raw vhci ``status`` table of controller 0 (see usbip-protocol.md §5.1)."""
@@ -200,6 +204,22 @@ def _disk_image(image: Path | None, size_mb: int) -> Iterator[Path]:
         yield Path(name)
     finally:
         os.unlink(name)
+
+
+def imported_listing(vm: VM, timeout_s: float = 30.0) -> str:
+    """What Debian's ``usbip port`` prints, run in the host-root chroot, once it can say it."""
+    return vm.chroot_run(_usbip_port_script(timeout_s), timeout_s + 10, check=True).out
+
+
+def _usbip_port_script(timeout_s: float) -> str:
+    # Right after an attach, vhci's status already lists the port as used while the guest's
+    # USB core is still creating the device; libusbip then fails the whole listing with
+    # "open vhci_driver". That is the tool's race, not the server's, so it is waited out.
+    tries = max(1, int(timeout_s * 10))
+    return (
+        f"for i in $(seq {tries}); do usbip port 2>/tmp/usbip-port.err && exit 0; sleep 0.1; done;"
+        " cat /tmp/usbip-port.err >&2; exit 1"
+    )
 
 
 def block_device(vm: VM, busid: str, timeout_s: float = 30.0) -> str:

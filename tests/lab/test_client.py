@@ -25,7 +25,7 @@ from usbwire.client.pyusb import get_backend
 from usbwire.devices.msc import PRODUCT_ID as DISK_PRODUCT_ID
 from usbwire.devices.msc import VENDOR_ID, MassStorage
 
-from .scenarios import USBIP_PORT, bind_to_usbip_host, block_device, start_usbipd
+from .scenarios import USBIP_PORT, bind_to_usbip_host, block_device, imported_listing, start_usbipd
 from .session import Lab
 from .usbdevices import QEMU_HID_ID, QEMU_STORAGE_ID, keyboard, storage
 from .vm import VM
@@ -131,7 +131,7 @@ def test_usbwire_attach_imports_the_guests_own_kernel_export(guest_exports: Gues
     port = int(out.rsplit("port ", 1)[1])
     try:
         # The chroot is the root these tools share (its /var/run holds the port state files).
-        imported = vm.chroot_run("usbip port", check=True).out
+        imported = imported_listing(vm)
         assert f"usbip://127.0.0.1:3240/{guest_exports.storage_busid}" in imported
         code, ours, _ = usbwire_in_guest(vm, "port")
         assert code == 0 and f"usbip://127.0.0.1:3240/{guest_exports.storage_busid}" in ours
@@ -145,7 +145,7 @@ def test_usbwire_attach_imports_the_guests_own_kernel_export(guest_exports: Gues
     finally:
         code, out, err = usbwire_in_guest(vm, f"detach -p {port}")
     assert code == 0, err
-    assert f"Port {port:02d}" not in vm.chroot_run("usbip port").out
+    assert f"Port {port:02d}" not in imported_listing(vm)
 
 
 def test_attach_resume_against_the_kernels_usbipd_falls_back_to_a_plain_import(guest_exports: GuestExports) -> None:
@@ -190,10 +190,10 @@ def test_usbwire_attach_imports_usbwires_emulated_disk(lab: Lab, disk_server: tu
         import hashlib
 
         assert head.out.split()[0] == hashlib.sha256(known).hexdigest()
-        assert f"usbip://10.0.2.2:{server.port}/5-1" in vm.chroot_run("usbip port", check=True).out
+        assert f"usbip://10.0.2.2:{server.port}/5-1" in imported_listing(vm)
         assert usbwire_in_guest(vm, f"detach -p {port}")[0] == 0
         vm.wait_for_usb(VENDOR_ID, DISK_PRODUCT_ID, present=False)
-        assert "Port" not in vm.chroot_run("usbip port").out.split("====\n", 1)[-1]
+        assert "Port" not in imported_listing(vm).split("====\n", 1)[-1]
 
         # The error cases, each with its message and exit status 1.
         cases = {

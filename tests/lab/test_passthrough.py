@@ -18,7 +18,7 @@ from usbwire.client import connect, list_devices
 from usbwire.errors import TransferError
 from usbwire.protocol import Errno
 
-from .scenarios import USBIP_PORT, block_device
+from .scenarios import USBIP_PORT, block_device, imported_listing
 from .session import Lab
 from .usbdevices import QEMU_HID_ID, QEMU_STORAGE_ID, keyboard, storage
 from .vm import VM, GuestCommand
@@ -107,7 +107,7 @@ def test_storage_reads_through_the_import_from_the_host_and_the_guest_kernel(sha
 
     vm = sharing.vm
     vm.chroot_run(f"usbip attach -r 127.0.0.1 -b {sharing.storage_busid}", 60, check=True)
-    imported = vm.chroot_run("usbip port", check=True).out
+    imported = imported_listing(vm)
     local = re.search(r"(\S+) -> usbip://127\.0\.0\.1:3240/" + re.escape(sharing.storage_busid), imported)
     assert local, imported
     block = block_device(vm, local[1]).removeprefix("/dev/")
@@ -122,13 +122,13 @@ def test_storage_reads_through_the_import_from_the_host_and_the_guest_kernel(sha
         60,
         check=True,
     ).out.split()[0]
-    port = re.search(r"Port (\d+):", vm.chroot_run("usbip port", check=True).out)
+    port = re.search(r"Port (\d+):", imported_listing(vm))
     assert port
     vm.chroot_run(f"usbip detach -p {int(port[1])}", 60, check=True)
     vm.run(f"while [ -e /dev/{block} ]; do sleep 0.1; done", 30, check=True)
     assert sharing.storage_busid in asyncio.run(listed_until(sharing, lambda b: sharing.storage_busid in b))
     vm.chroot_run(f"usbip attach -r 127.0.0.1 -b {sharing.storage_busid}", 60, check=True)
-    imported = vm.chroot_run("usbip port", check=True).out
+    imported = imported_listing(vm)
     local = re.search(r"(\S+) -> usbip://127\.0\.0\.1:3240/" + re.escape(sharing.storage_busid), imported)
     assert local, imported
     block = block_device(vm, local[1]).removeprefix("/dev/")

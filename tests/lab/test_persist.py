@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import RunningServer, running_server
 
+from .scenarios import imported_listing
 from .session import Lab
 
 pytestmark = pytest.mark.lab
@@ -55,5 +56,5 @@ def test_persistent_attach_survives_a_cut_and_a_server_restart(lab: Lab) -> None
             assert "reconnecting" in status, status
             with server_on(port):
                 vm.wait_for_usb(*LOOPBACK_IDS, timeout_s=15)
-                assert "usbip://" in vm.chroot_run("usbip port", check=True).out
+                assert "usbip://" in imported_listing(vm)
             keeper.kill()
