@@ -57,12 +57,13 @@ REQUIRED_MODULES: tuple[str, ...] = (
     "usbip-core",
     "vhci-hcd",
     "usbip-host",
+    # what the guest kernel submits to a device, transfer flags included (usbmon.py)
+    "usbmon",
 )
 # Loaded when this kernel has them; useful but no lab feature depends on them.
 OPTIONAL_MODULES: tuple[str, ...] = (
     "uas",
     "usbip-vudc",
-    "usbmon",
     "evdev",
     "crc32c_generic",  # ext4 asks for crc32c and there is no modprobe to fetch it
     "ext4",

@@ -53,7 +53,8 @@ class UsbDevice:
             )
             return ["-blockdev", spec]
         if self.driver == "usb-serial":
-            return ["-chardev", f"null,id={dev_id}-chr"]
+            # QEMU plugs usb-serial in only once its chardev is open, which a null one never is.
+            return ["-chardev", f"ringbuf,id={dev_id}-chr"]
         if self.driver == "usb-audio":
             backend = f"wav,path={self.image}" if self.image else "none"
             return ["-audiodev", f"{backend},id={dev_id}-snd"]
@@ -92,7 +93,7 @@ def tablet(*, id: str | None = None, port: int | None = None) -> UsbDevice:
 
 
 def serial(*, id: str | None = None, port: int | None = None) -> UsbDevice:
-    """QEMU ``usb-serial``: an FTDI FT232 (0403:6001) wired to a null chardev."""
+    """QEMU ``usb-serial``: an FTDI FT232 (0403:6001) wired to an in-memory ring buffer chardev."""
     return UsbDevice("usb-serial", QEMU_SERIAL_ID, id=id, port=port)
 
 

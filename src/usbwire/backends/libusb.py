@@ -314,6 +314,9 @@ class LibusbExport(ExportedDevice):
             transfer.setControl(request_type, request, value, index, buffer, callback=callback)
         elif urb.transfer_type == TransferType.BULK:
             transfer.setBulk(address, buffer, callback=callback)
+            # The kernel's stub keeps URB_ZERO_PACKET on bulk OUT only; some devices need
+            # the zero-length packet to see the end of a transfer that fills its last packet.
+            transfer.setAddZeroPacket(urb.direction == Direction.OUT and bool(urb.flags & UrbFlag.ZERO_PACKET))
         elif urb.transfer_type == TransferType.INTERRUPT:
             transfer.setInterrupt(address, buffer, callback=callback)
         else:
