@@ -19,6 +19,7 @@ from tests.protocol.strategies import bulk_submits, control_submits, interrupt_s
 from tests.raw import setup_packet, urb_header
 from usbwire.errors import LocalProtocolError, RemoteProtocolError
 from usbwire.protocol import CmdSubmit, CmdUnlink, Direction, Errno, ServerConnection, codec
+from usbwire.protocol.connection import MAX_BATCH
 
 DEVID = DEVICE.devid
 GET_DEVICE_DESCRIPTOR = setup_packet(0x80, 6, 0x0100, 0, 18)
@@ -56,17 +57,21 @@ def imported_server() -> ServerConnection:
     return imported_pair(DEVICE, max_transfer=MAX_TRANSFER).server
 
 
-def through_the_lane(pieces: list[bytes]) -> bytes:
-    """Feed ``pieces`` to a server's fast lane; what it leaves goes the full way at once."""
+def through_the_lane(pieces: list[bytes], most: int = MAX_BATCH) -> bytes:
+    """Feed ``pieces`` to a server's fast lane as the server does: in groups of ``most`` while
+    it answers; what it hands over goes the full way at once, what it holds waits."""
     server = imported_server()
     lane = server.fast_lane(device_answer)
     out: list[bytes] = []
     for piece in pieces:
-        lane(piece, out)
-        while (event := next_received(server)) is not None:
-            assert isinstance(event, CmdSubmit)  # only a declined command is left for next_event
+        if lane(piece, out, most):
+            while lane(b"", out, most):
+                pass
+        while server.buffered > server.held and (event := next_received(server)) is not None:
+            assert isinstance(event, CmdSubmit)  # only a declined command is handed over
             out.append(full_path_answer(server, event))
-            lane(b"", out)
+            while lane(b"", out, most):
+                pass
     assert server.outstanding == 0
     assert server.buffered == 0
     return b"".join(out)
@@ -103,12 +108,12 @@ def command_streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     return stream, cuts
 
 
-@given(command_streams())
+@given(command_streams(), st.sampled_from([1, 2, 12, MAX_BATCH]))
 def test_the_lane_answers_byte_for_byte_as_the_event_path_however_the_stream_is_cut(
-    case: tuple[bytes, list[int]],
+    case: tuple[bytes, list[int]], most: int
 ) -> None:
     stream, cuts = case
-    assert through_the_lane(chunks(stream, cuts)) == through_events(stream)
+    assert through_the_lane(chunks(stream, cuts), most) == through_events(stream)
 
 
 def submit(seqnum: int, *, ep: int = 0, direction: int = Direction.IN, length: int = 18, **fields: int) -> bytes:
@@ -202,6 +207,51 @@ def test_a_command_cut_anywhere_is_answered_once_it_is_whole() -> None:
         assert lane(stream[cut:], out) == 1
         assert server.buffered == 0
         assert struct.unpack_from(">I", out[0], 24)[0] == 100  # actual_length
+
+
+def echo_length(ep: int, direction: int, flags: int, length: int, setup: bytes, data: bytes) -> Answer:
+    return 0, len(data), b""
+
+
+def test_out_data_arriving_over_several_reads_is_held_by_the_lane_not_handed_over() -> None:
+    stream = submit(1, ep=2, direction=Direction.OUT, length=100) + submit(2)
+    server = imported_server()
+    lane = server.fast_lane(lambda *request: echo_length(*request) if request[0] else descriptor(*request))
+    out: list[bytes] = []
+    for cut in ((0, 30), (30, 80), (80, 120)):  # the header, then the data, in three reads
+        assert lane(stream[slice(*cut)], out) == 0
+        assert server.buffered == server.held == cut[1]  # nothing for next_event to read
+    assert lane(stream[120:], out) == 2
+    assert (server.buffered, server.held) == (0, 0)
+    assert [struct.unpack_from(">I", reply, 24)[0] for reply in out if len(reply) == 48] == [100, 18]
+
+
+def test_commands_left_by_a_group_are_held_and_answered_by_the_next_call() -> None:
+    server = imported_server()
+    lane = server.fast_lane(descriptor)
+    out: list[bytes] = []
+    assert lane(submit(1) + submit(2) + submit(3), out, 1) == 1
+    assert server.held == 96
+    assert lane(b"", out, 12) == 2
+    assert server.buffered == 0
+
+
+def test_a_stream_ending_inside_a_held_command_is_named_by_next_event() -> None:
+    server = imported_server()
+    lane = server.fast_lane(echo_length)
+    assert lane(submit(1, ep=2, direction=Direction.OUT, length=100)[:90], []) == 0
+    server.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="inside a PDU"):
+        server.next_event()
+
+
+def test_an_isochronous_command_still_arriving_is_handed_over_whole() -> None:
+    iso = urb_header(devid=DEVID, ep=3, direction=Direction.OUT, transfer_buffer_length=20, number_of_packets=2)
+    server = imported_server()
+    lane = server.fast_lane(lambda *request: None if request[0] else descriptor(*request))
+    assert lane(submit(1) + iso + bytes(10), []) == 1
+    assert server.held == 0  # its size is not the lane's to know: next_event reads it
+    assert server.buffered == 48 + 10
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,46 @@ _ENCODERS: dict[type[Event], Callable[[object], bytes]] = {
 NextEvent = Event | ConnectionClosed | _NeedData
 
 
+def _lane_size(chunk: bytes, start: int, max_transfer: int) -> int:
+    """How many bytes the fast lane needs to read the command at ``start``: its header,
+    and a plain CMD_SUBMIT's OUT data."""
+    if len(chunk) - start < URB_HEADER_SIZE:
+        return URB_HEADER_SIZE
+    command, _, _, direction, _, _, length, _, npackets, _, _ = codec.CMD_SUBMIT.unpack_from(chunk, start)
+    if command == 1 and direction == 0 and 0 <= length <= max_transfer and npackets in (0, -1):
+        return URB_HEADER_SIZE + int(length)
+    return URB_HEADER_SIZE  # the lane answers or hands it over from its header
+
+
+def _gather(held: list[tuple[bytes, int]], max_transfer: int) -> bool | None:
+    """Join the front command's bytes, spread over the first chunks of ``held``, into one
+    chunk (their one copy): True when done, False while they have not all arrived, None
+    when the front chunk already has what the lane would read (it must hand over)."""
+    chunk, start = held[0]
+    size = _lane_size(chunk, start, max_transfer)
+    have = len(chunk) - start
+    if have >= size:
+        return None
+    if have + sum(len(c) - s for c, s in held[1:]) < size:
+        return False
+    pieces = [memoryview(chunk)[start:]]
+    del held[0]
+    missing = size - have
+    while missing:
+        chunk, start = held[0]
+        take = min(missing, len(chunk) - start)
+        pieces.append(memoryview(chunk)[start : start + take])
+        if start + take == len(chunk):
+            del held[0]
+        else:
+            held[0] = (chunk, start + take)
+        missing -= take
+    held.insert(0, (b"".join(pieces), 0))
+    if have < URB_HEADER_SIZE:  # only the header was gathered: now its OUT data, if any
+        return _gather(held, max_transfer) is not False
+    return True
+
+
 class Connection:
     """What both roles share: the receive buffer, the state and the error latch."""
 
@@ -91,25 +131,46 @@ class Connection:
         self.state = State.OP_REQUEST
         self._buffer = bytearray()
         self._position = 0
+        # Bytes received after the buffer's, kept by the fast lane where they arrived (a bytes
+        # object and where its unread part starts) instead of being copied into the buffer.
+        self._held: list[tuple[bytes, int]] = []
         self._eof = False
         self._error: ProtocolError | None = None
         self._urb_reader: Callable[[memoryview], codec.Read] | None = None
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes from the peer; ``b""`` means the peer closed its end."""
+        if self._held:
+            self._spill()
         if not data:
             self._eof = True
             return
+        self._append(data)
+
+    def _append(self, data: bytes | bytearray | memoryview) -> None:
         if self._position and self._position * 2 >= len(self._buffer):
             # Drop consumed bytes once they are half the buffer: amortised O(1) per byte.
             del self._buffer[: self._position]
             self._position = 0
         self._buffer += data
 
+    def _spill(self) -> None:
+        """Move what the fast lane holds into the buffer, behind what is there."""
+        held = self._held[:]
+        self._held.clear()  # the same list for the connection's life, as the buffer
+        for chunk, start in held:
+            self._append(memoryview(chunk)[start:])
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet turned into events."""
-        return len(self._buffer) - self._position
+        return len(self._buffer) - self._position + self.held
+
+    @property
+    def held(self) -> int:
+        """Of :attr:`buffered`, the bytes the fast lane keeps to answer itself: a command
+        whose OUT data has not all arrived, or commands left when it was told to stop."""
+        return sum(len(chunk) - start for chunk, start in self._held)
 
     def next_event(self) -> NextEvent:
         """The next complete event, ``NEED_DATA``, or ``ConnectionClosed`` after a clean EOF."""
@@ -127,6 +188,8 @@ class Connection:
             raise remote from None
 
     def _next_event(self) -> NextEvent:
+        if self._held:
+            self._spill()
         # In the URB phase (every URB) the reader is fixed; ask for it only before.
         reader = self._urb_reader if self.state is State.URB else None
         if reader is None:
@@ -289,26 +352,16 @@ class ServerConnection(Connection):
         if self.state is not State.URB or self.devid is None:
             raise LocalProtocolError("the fast lane is for the URB phase", field="state", value=self.state.name)
         buffer = self._buffer  # the same object for the connection's life: it changes in place
+        held = self._held  # likewise
         devid = self.devid
         max_transfer = self.max_transfer
         outstanding = self._outstanding
         unpack = codec.CMD_SUBMIT.unpack_from
         pack = codec.RET_SUBMIT_PLAIN.pack
 
-        def answer(data: bytes, out: list[bytes], most: int = MAX_BATCH) -> int:
-            if self._error is not None:
-                if data:
-                    self.receive_data(data)
-                return 0  # next_event raises it again
-            if self._position == len(buffer):
-                # Nothing left over: read the new bytes where they are; only a rest is buffered.
-                source: bytes | bytearray = data
-                position = 0
-            else:
-                if data:  # (b"" would mean the end of the stream to receive_data)
-                    self.receive_data(data)
-                source = buffer
-                position = self._position
+        def run(source: bytes | bytearray, position: int, most: int, out: list[bytes]) -> tuple[int, bool]:
+            """Answer the commands in ``source`` (the buffer, or the bytes at the front of
+            ``held``) from ``position``: how many, and whether next_event must read on."""
             end = len(source)
             append = out.append
             answered = 0
@@ -325,26 +378,26 @@ class ServerConnection(Connection):
                         or not 0 <= length <= max_transfer
                         or seqnum in outstanding
                     ):
-                        break  # next_event reads it, and names what is wrong
+                        return answered, True  # next_event reads it, and names what is wrong
                     if ep == 0 and (setup[6] | setup[7] << 8 != length or (length and setup[0] >> 7 != direction)):
-                        break  # a setup packet disagreeing with the URB: the same
+                        return answered, True  # a setup packet disagreeing with the URB: the same
                     if direction:
                         data_end = position + URB_HEADER_SIZE
                         result = complete(ep, direction, flags, length, setup, b"")
                     else:
                         data_end = position + URB_HEADER_SIZE + length
                         if data_end > end:
-                            break
+                            break  # its data has not all arrived
                         if not length:
                             out_data = b""
-                        elif source is data:
-                            out_data = data[position + URB_HEADER_SIZE : data_end]
-                        else:
+                        elif source is buffer:
                             # One copy out of the buffer (a bytearray slice would be a second).
                             out_data = bytes(memoryview(buffer)[position + URB_HEADER_SIZE : data_end])
+                        else:
+                            out_data = source[position + URB_HEADER_SIZE : data_end]  # type: ignore[assignment]
                         result = complete(ep, direction, flags, length, setup, out_data)
                     if result is None:
-                        break
+                        return answered, True
                     status, actual, reply = result
                     if actual > length or (len(reply) != actual if direction else reply):
                         _check_answer_sizes(length, direction, actual, reply)  # raises, naming what is wrong
@@ -353,13 +406,61 @@ class ServerConnection(Connection):
                         append(reply)
                     position = data_end
                     answered += 1
+                return answered, False
             finally:
                 # What was answered stays answered, even if a later answer is refused.
                 if source is buffer:
                     self._position = position
+                elif held and held[0][0] is source:
+                    if position < end:
+                        held[0] = (source, position)
+                    else:
+                        del held[0]
                 elif position < end:
-                    buffer[:] = memoryview(data)[position:]
-                    self._position = 0
+                    held.insert(0, (source, position))  # type: ignore[arg-type]
+
+        def answer(data: bytes, out: list[bytes], most: int = MAX_BATCH) -> int:
+            if self._error is not None:
+                if data:
+                    self.receive_data(data)
+                return 0  # next_event raises it again
+            if self._position != len(buffer):
+                # next_event left bytes in the buffer (and so holds nothing): read on there.
+                if data:
+                    self.receive_data(data)
+                answered, handover = run(buffer, self._position, most, out)
+                if not handover and self._position < len(buffer):
+                    # Only a command still arriving is left: hold it (one copy) so that the
+                    # reads after it are answered where they land, not copied in behind it.
+                    held.append((bytes(memoryview(buffer)[self._position :]), 0))
+                    self._position = len(buffer)
+                return answered
+            if not held:
+                if not data:
+                    return 0
+                # The usual case: nothing held, so the new bytes are read where they are.
+                answered, handover = run(data, 0, most, out)
+                if handover or (held and answered < most and _gather(held, max_transfer) is None):
+                    self._spill()  # next_event reads on from there, in order
+                return answered
+            if data:
+                held.append((data, 0))
+            answered = 0
+            while held and answered < most:
+                source = held[0][0]
+                made, handover = run(source, held[0][1], most - answered, out)
+                answered += made
+                if handover:
+                    self._spill()  # next_event reads on from there, in order
+                    break
+                if held and held[0][0] is source and answered < most:
+                    # Stopped at a command whose bytes run on into the next chunks.
+                    joined = _gather(held, max_transfer)
+                    if joined is None:
+                        self._spill()  # not one the lane answers (isochronous): next_event's
+                        break
+                    if not joined:
+                        break  # wait for the rest
             return answered
 
         return answer

@@ -144,7 +144,8 @@ class UsbipProtocol(asyncio.Protocol):
 
     def _answer_at_once(self, fast: FastLane, data: bytes) -> None:
         """The URB phase of a plain import: answer what the device completes at once; what
-        the fast lane leaves (a URB that waits, an UNLINK, a bad PDU) goes on to _process."""
+        the fast lane hands over (a URB that waits, an UNLINK, a bad PDU) goes on to _process,
+        and what it holds (a command whose OUT data is still arriving) waits for the next read."""
         conn = self.conn
         # The first answer leaves alone, so that the client works on it while we make the
         # rest. Then, to a client that keeps few small URBs in flight, one by one as the C
@@ -164,7 +165,8 @@ class UsbipProtocol(asyncio.Protocol):
                 return
             group = later
         self._answered(answered)
-        self._process()
+        if conn.buffered > conn.held:  # handed over: a URB that waits, an UNLINK, a bad PDU
+            self._process()
 
     def _answered(self, answered: int) -> None:
         self.server.stats.replies += answered
