@@ -342,12 +342,14 @@ class ServerConnection(Connection):
         list and optionally the most commands to answer; it appends each RET_SUBMIT's header,
         and its IN data right behind it, to the list and returns how many it answered.
 
-        It stops, leaving the bytes for :meth:`next_event`, at the first PDU that is not a
-        complete CMD_SUBMIT passing every check of the full reader, and at the first one
+        It hands over to :meth:`next_event`, moving the rest into the buffer, at the first PDU
+        that is not a CMD_SUBMIT passing every check of the full reader, and at the first one
         ``complete`` declines. It reads every command as a plain one: ``complete`` must decline
-        isochronous endpoints (whose PDUs carry packet descriptors). No event object is made
-        and nothing is looked up twice, which is what lets a Python server keep up with the
-        wire.
+        isochronous endpoints (whose PDUs carry packet descriptors). What it has not answered
+        otherwise (a command still arriving, or those past ``most``) it holds where the bytes
+        arrived, for its next call; :attr:`held` counts them. No event object is made, nothing
+        is looked up twice and a payload is copied once, which is what lets a Python server
+        keep up with the wire.
         """
         if self.state is not State.URB or self.devid is None:
             raise LocalProtocolError("the fast lane is for the URB phase", field="state", value=self.state.name)
