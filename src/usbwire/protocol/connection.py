@@ -432,8 +432,9 @@ class ServerConnection(Connection):
                     self.receive_data(data)
                 answered, handover = run(buffer, self._position, most, out)
                 if not handover and self._position < len(buffer):
-                    # Only a command still arriving is left: hold it (one copy) so that the
-                    # reads after it are answered where they land, not copied in behind it.
+                    # What is left is the lane's (a command still arriving, or those past
+                    # ``most``): hold it (one copy), so that the reads after it are answered
+                    # where they land instead of being copied in behind it.
                     held.append((bytes(memoryview(buffer)[self._position :]), 0))
                     self._position = len(buffer)
                 return answered
