@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import ClassVar
 
 from usbwire.protocol.connection import Completed
 from usbwire.protocol.constants import Direction, TransferType
@@ -46,6 +47,10 @@ class UrbResult:
 
 class ExportedDevice(abc.ABC):
     """A device the server can list and hand to one client at a time."""
+
+    # Whether complete_now may answer anything: the server opens its fast lane only for such
+    # devices, as for any other every command would be read twice.
+    completes_at_once: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod

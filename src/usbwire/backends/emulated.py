@@ -17,6 +17,8 @@ _STALLED = (-Errno.EPIPE, 0, b"")
 class EmulatedExport(ExportedDevice):
     """An emulated device as the server sees it, at a fixed bus position."""
 
+    completes_at_once = True
+
     def __init__(self, device: Device, busid: str, busnum: int = 1, devnum: int = 2) -> None:
         self.device = device
         self.busid = busid

@@ -431,10 +431,12 @@ class ServerConnection(Connection):
                 if data:
                     self.receive_data(data)
                 answered, handover = run(buffer, self._position, most, out)
-                if not handover and self._position < len(buffer):
+                if answered and not handover and self._position < len(buffer):
                     # What is left is the lane's (a command still arriving, or those past
                     # ``most``): hold it (one copy), so that the reads after it are answered
-                    # where they land instead of being copied in behind it.
+                    # where they land instead of being copied in behind it. (Not for a device
+                    # that answers nothing here, a passthrough one: its commands go to
+                    # next_event anyway, and would only be copied once more.)
                     held.append((bytes(memoryview(buffer)[self._position :]), 0))
                     self._position = len(buffer)
                 return answered

@@ -444,7 +444,7 @@ class UsbipProtocol(asyncio.Protocol):
             self._write_out()  # the reply goes unframed; all after it in frames
             assert self.transport is not None
             self.session.start(self.transport)
-        else:
+        elif device.completes_at_once:
             self._fast = self.conn.fast_lane(self.dispatcher.complete_now)
         self._process()  # URBs may already be waiting in the buffer
 
