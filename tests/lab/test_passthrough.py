@@ -37,13 +37,12 @@ class Sharing:
     host_port: int
     storage_busid: str
     keyboard_busid: str
-    serial_busid: str
     known: bytes
 
 
 def start_usbwire(vm: VM, backend: str, *devices: tuple[int, int]) -> GuestCommand:
-    """``usbwire serve`` in the guest sharing QEMU's ``devices`` (its disk, keyboard and serial by default)."""
-    shared = devices or (QEMU_STORAGE_ID, QEMU_HID_ID, QEMU_SERIAL_ID)
+    """``usbwire serve`` in the guest sharing QEMU's ``devices`` (its disk and keyboard by default)."""
+    shared = devices or (QEMU_STORAGE_ID, QEMU_HID_ID)
     exports = " ".join(f"--export {vid:04x}:{pid:04x}" for vid, pid in shared)
     command = vm.start_chroot_command(
         f"exec {vm.python} -m usbwire serve -v --host 0.0.0.0 --port {USBIP_PORT} --control none"
@@ -66,17 +65,16 @@ def sharing(request: pytest.FixtureRequest, lab: Lab, tmp_path: Path) -> Iterato
     with image.open("wb") as disk:
         disk.write(known)
         disk.truncate(16 << 20)
-    usb = [storage(image, id="disk"), keyboard(id="kbd"), serial(id="ftdi")]
+    usb = [storage(image, id="disk"), keyboard(id="kbd")]
     with lab.vm(usb=usb, forwards=[USBIP_PORT], cpus=2) as vm:
         storage_busid = vm.wait_for_usb(*QEMU_STORAGE_ID)
         keyboard_busid = vm.wait_for_usb(*QEMU_HID_ID)
-        serial_busid = vm.wait_for_usb(*QEMU_SERIAL_ID)
         if backend == "usbip-host":
-            for busid in (storage_busid, keyboard_busid, serial_busid):
+            for busid in (storage_busid, keyboard_busid):
                 result = vm.chroot_run(f"{vm.python} -m usbwire bind -b {busid}")
                 assert result.ok, result.describe()
         server = start_usbwire(vm, backend)
-        yield Sharing(vm, server, vm.host_port(USBIP_PORT), storage_busid, keyboard_busid, serial_busid, known)
+        yield Sharing(vm, server, vm.host_port(USBIP_PORT), storage_busid, keyboard_busid, known)
         log = vm.paths.commands / f"{server.id}.err"
         print(f"--- usbwire serve ({backend}) in the guest ---\n{log.read_text(errors='replace')}")
 
@@ -161,27 +159,31 @@ def test_keys_sent_through_qemus_monitor_arrive_at_the_importing_side(sharing: S
     assert 0x04 in report[2:]  # HID usage of "a"
 
 
-def test_a_bulk_out_asking_for_a_zero_length_packet_reaches_the_device_with_that_flag(sharing: Sharing) -> None:
+def test_libusb_passes_a_bulk_outs_zero_length_packet_flag_to_the_device(lab: Lab) -> None:
     # A transfer that fills its last packet ends, for some devices, only at a zero-length
-    # packet. The kernel's stub passes URB_ZERO_PACKET on; usbmon shows what the guest's
-    # host controller was asked for, whichever backend submitted it.
-    vm = sharing.vm
-    capture = vm.start_chroot_command(f"python3 {USBMON_TOOL} --busid {sharing.serial_busid} --count 2")
-    capture.wait_for_output("ready")
-
-    async def write_two_full_packets() -> int:
-        async with connect("127.0.0.1", sharing.serial_busid, port=sharing.host_port) as ftdi:
-            await ftdi.set_configuration(1)
-            endpoints = ftdi.endpoints.active.interfaces[0].endpoints  # type: ignore[union-attr]
-            out = next(e for e in endpoints if e.bEndpointAddress < 0x80)
-            full = bytes(out.wMaxPacketSize)
-            assert await ftdi.bulk_transfer(out.bEndpointAddress, full, timeout=10, zero_packet=True) == len(full)
-            assert await ftdi.bulk_transfer(out.bEndpointAddress, full, timeout=10) == len(full)
-            return len(full)
-
-    size = asyncio.run(write_two_full_packets())
-    submitted = [json.loads(line) for line in capture.wait(30, check=True).out.splitlines()[1:]]
+    # packet. The kernel's stub keeps URB_ZERO_PACKET on bulk OUT (usbip-host hands the
+    # URB to the kernel as it came); usbmon shows what libusb asked the host controller for.
+    with lab.vm(usb=[serial(id="ftdi")], forwards=[USBIP_PORT]) as vm:
+        busid = vm.wait_for_usb(*QEMU_SERIAL_ID)
+        server = start_usbwire(vm, "libusb", QEMU_SERIAL_ID)
+        capture = vm.start_chroot_command(f"python3 {USBMON_TOOL} --busid {busid} --count 2")
+        capture.wait_for_output("ready")
+        size = asyncio.run(write_two_full_packets(busid, vm.host_port(USBIP_PORT)))
+        submitted = [json.loads(line) for line in capture.wait(30, check=True).out.splitlines()[1:]]
+        server.kill()
     assert [(s["length"], bool(s["flags"] & UrbFlag.ZERO_PACKET)) for s in submitted] == [(size, True), (size, False)]
+
+
+async def write_two_full_packets(busid: str, port: int) -> int:
+    """Two bulk OUTs of one full packet each to the FTDI at ``busid``, the first asking for a ZLP."""
+    async with connect("127.0.0.1", busid, port=port) as ftdi:
+        await ftdi.set_configuration(1)
+        endpoints = ftdi.endpoints.active.interfaces[0].endpoints  # type: ignore[union-attr]
+        out = next(e for e in endpoints if e.bEndpointAddress < 0x80)
+        full = bytes(out.wMaxPacketSize)
+        assert await ftdi.bulk_transfer(out.bEndpointAddress, full, timeout=10, zero_packet=True) == len(full)
+        assert await ftdi.bulk_transfer(out.bEndpointAddress, full, timeout=10) == len(full)
+        return len(full)
 
 
 def test_unplug_during_import_ends_it_cleanly_and_replug_exports_again(sharing: Sharing) -> None:
