@@ -42,8 +42,7 @@ class Sharing:
 
 def start_usbwire(vm: VM, backend: str, *devices: tuple[int, int]) -> GuestCommand:
     """``usbwire serve`` in the guest sharing QEMU's ``devices`` (its disk and keyboard by default)."""
-    shared = devices or (QEMU_STORAGE_ID, QEMU_HID_ID)
-    exports = " ".join(f"--export {vid:04x}:{pid:04x}" for vid, pid in shared)
+    exports = " ".join(f"--export {vid:04x}:{pid:04x}" for vid, pid in devices or (QEMU_STORAGE_ID, QEMU_HID_ID))
     command = vm.start_chroot_command(
         f"exec {vm.python} -m usbwire serve -v --host 0.0.0.0 --port {USBIP_PORT} --control none"
         f" --backend {backend} {exports}"

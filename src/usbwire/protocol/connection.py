@@ -156,10 +156,9 @@ class Connection:
 
     def _spill(self) -> None:
         """Move what the fast lane holds into the buffer, behind what is there."""
-        held = self._held[:]
-        self._held.clear()  # the same list for the connection's life, as the buffer
-        for chunk, start in held:
+        for chunk, start in self._held:
             self._append(memoryview(chunk)[start:])
+        self._held.clear()  # the same list for the connection's life, as the buffer
 
     @property
     def buffered(self) -> int:
