@@ -105,13 +105,14 @@ def test_config_file_sets_tokens_rules_and_limits(tmp_path: Path) -> None:
     config = tmp_path / "usbwire.toml"
     config.write_text(
         '[server]\nport = 3999\nmax_connections_per_client = 3\nallow = ["cidr:10.0.0.0/8"]\n'
-        "resume_window = 12.5\nliveness_timeout = 3\n"
+        "resume_window = 12.5\nliveness_timeout = 3\nrescan_interval = 0.5\n"
         '[tokens]\nci = "0123456789abcdef0123"\n'
         '[[device]]\nmatch = "1209:0001"\nallow = ["token:ci", "cert:builder"]\n'
     )
     settings = load_config(config)
     assert settings["port"] == 3999 and settings["limits"].max_connections_per_client == 3
     assert (settings["limits"].resume_window, settings["limits"].liveness_timeout) == (12.5, 3.0)
+    assert settings["rescan_interval"] == 0.5
     policy: AccessPolicy = settings["policy"]
     assert policy.tokens == {"ci": "0123456789abcdef0123"}
     assert policy.default == ("cidr:10.0.0.0/8",)

@@ -169,3 +169,12 @@ def test_serve_refuses_impossible_audio_in_one_line(args: list[str], message: st
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("usbwire: error: ") and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_rescan_interval_that_is_not_positive() -> None:
+    result = usbwire(
+        "serve", "--host", "127.0.0.1", "--port", "0", "--control", "none", "--export", "all",
+        "--rescan-interval", "0", check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("usbwire: error: ") and "more than 0 seconds" in result.stderr, result.stderr

@@ -23,6 +23,7 @@ from usbwire import (
     ServeOptions,
     UsbwireError,
 )
+from usbwire.exports import RESCAN_INTERVAL_S
 
 PROG = "usbwire"
 
@@ -88,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=["libusb", "usbip-host"],
         default="libusb",
         help="how real devices are shared: libusb passthrough, or Linux's usbip-host (after 'usbwire bind')",
+    )
+    serve.add_argument(
+        "--rescan-interval",
+        type=float,
+        default=RESCAN_INTERVAL_S,
+        metavar="SECONDS",
+        help="how often to look for real devices plugged in or out (default %(default)s)",
     )
     serve.add_argument(
         "--control",
@@ -415,6 +423,8 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
         flags["webcam"] = webcam
     if args.backend != "libusb" or "backend" not in settings:
         flags["backend"] = args.backend
+    if args.rescan_interval != RESCAN_INTERVAL_S or "rescan_interval" not in settings:
+        flags["rescan_interval"] = args.rescan_interval
     for name in ("tls_cert", "tls_key", "client_ca", "user"):
         if getattr(args, name):
             flags[name] = getattr(args, name)

@@ -5,6 +5,7 @@ hosts = ["0.0.0.0"]          # default: every address
 port = 3240
 export = ["046d:c52b"]       # real devices to share; none: the demo devices
 backend = "libusb"           # or "usbip-host"
+rescan_interval = 2.0        # seconds between looks for devices plugged in or out
 demo = false
 tls_cert = "/etc/usbwire/server.pem"
 tls_key = "/etc/usbwire/server.key"
@@ -43,6 +44,7 @@ from usbwire.server.server import Limits
 _SERVER_KEYS = {
     "hosts", "port", "export", "backend", "demo", "tls_cert", "tls_key", "client_ca", "user", "max_in_flight",
     "max_transfer", "max_connections_per_client", "allow", "control", "resume_window", "liveness_timeout",
+    "rescan_interval",
 }  # fmt: skip
 
 
@@ -79,6 +81,8 @@ def load(path: str | Path) -> dict[str, Any]:
     for key in ("port", "backend", "demo", "tls_cert", "tls_key", "client_ca", "user"):
         if key in server:
             options[key] = server[key]
+    if "rescan_interval" in server:
+        options["rescan_interval"] = float(server["rescan_interval"])
     if "hosts" in server:
         options["hosts"] = tuple(server["hosts"])
     if "export" in server:

@@ -18,6 +18,8 @@ from usbwire.server.registry import Registry
 log = logging.getLogger("usbwire")
 
 _BUSID = re.compile(r"^\d+-[\d.]+$")
+# Seconds between looks for real devices plugged in or out: no udev events are relied on.
+RESCAN_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +45,15 @@ class ExportRules:
 class RealDevices:
     """Keeps the registry in step with the real devices the rules allow."""
 
-    def __init__(self, registry: Registry, rules: ExportRules, backend: str) -> None:
+    def __init__(
+        self, registry: Registry, rules: ExportRules, backend: str, rescan_interval: float = RESCAN_INTERVAL_S
+    ) -> None:
+        if not rescan_interval > 0:
+            raise UsbwireError(f"the rescan interval must be more than 0 seconds, not {rescan_interval}")
         self.registry = registry
         self.rules = rules
         self.backend = backend
+        self.rescan_interval = rescan_interval
         self._close: Callable[[], object] | None = None
         self._known: set[str] = set()
 
@@ -64,31 +71,42 @@ class RealDevices:
                 from usbwire.backends.libusb import LibusbManager
             except ImportError:
                 raise UsbwireError("the libusb backend needs python-libusb1 (pip install 'usbwire[libusb]')") from None
-            manager = LibusbManager(lambda e: self.rules.allows(e.info), self._added, self._removed)
+            manager = LibusbManager(
+                lambda e: self.rules.allows(e.info), self._added, self._removed, self.rescan_interval
+            )
             try:
                 await manager.start()
             except Exception as error:
                 raise UsbwireError(f"libusb cannot start: {error}") from None
             self._close = manager.close
         elif self.backend == "usbip-host":
+            await self._look_at_usbip_host()
             task = asyncio.get_running_loop().create_task(self._follow_usbip_host())
             self._close = task.cancel
         else:
             raise UsbwireError(f"unknown backend {self.backend!r} (libusb or usbip-host)")
 
     async def _follow_usbip_host(self) -> None:
-        from usbwire.backends.usbip_host import UsbipHostExport, bound_devices
-
         while True:
-            bound = {d.busid: d for d in bound_devices() if self.rules.allows(d.info())}
-            for busid in [b for b in list(self._known) if b not in bound]:
-                self._known.discard(busid)
-                self._removed(busid)
-            for busid, device in bound.items():
-                if busid not in self._known:
-                    self._known.add(busid)
-                    self._added(UsbipHostExport(device))
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(self.rescan_interval)
+            await self._look_at_usbip_host()
+
+    async def _look_at_usbip_host(self) -> None:
+        from usbwire.backends.usbip_host import LocalDevice, UsbipHostExport, bound_devices
+
+        def allowed() -> dict[str, LocalDevice]:
+            return {d.busid: d for d in bound_devices() if self.rules.allows(d.info())}
+
+        # In a thread: sysfs reads wait for a device's lock, which its hub holds while it
+        # enumerates the device.
+        bound = await asyncio.to_thread(allowed)
+        for busid in [b for b in list(self._known) if b not in bound]:
+            self._known.discard(busid)
+            self._removed(busid)
+        for busid, device in bound.items():
+            if busid not in self._known:
+                self._known.add(busid)
+                self._added(UsbipHostExport(device))
 
     async def close(self) -> None:
         if self._close is not None:

@@ -18,7 +18,7 @@ from usbwire.devices.cdc.pty import PtyBridge
 from usbwire.devices.uac import Headset, ToneSource, WavSource, open_sink
 from usbwire.devices.uvc import Webcam, WebcamConfig
 from usbwire.errors import UsbwireError
-from usbwire.exports import ExportRules, RealDevices
+from usbwire.exports import RESCAN_INTERVAL_S, ExportRules, RealDevices
 from usbwire.protocol.constants import DEFAULT_PORT
 from usbwire.server.access import AccessPolicy
 from usbwire.server.control import DEFAULT_CONTROL_PATH, ControlServer
@@ -59,6 +59,8 @@ class ServeOptions:
     # Real devices to share (busids, VID:PIDs or "all") and how.
     exports: tuple[str, ...] = ()
     backend: str = "libusb"
+    # Seconds between looks for real devices plugged in or out.
+    rescan_interval: float = RESCAN_INTERVAL_S
     # TLS: certificate and key of the server, and the CA whose clients it accepts (mTLS).
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -95,7 +97,7 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     webcam = Webcam(options.webcam) if options.webcam is not None else None
     server = Server(limits=options.limits, policy=options.policy)
     rules = ExportRules.parse(options.exports)
-    real = RealDevices(server.registry, rules, options.backend) if rules else None
+    real = RealDevices(server.registry, rules, options.backend, options.rescan_interval) if rules else None
     if options.demo or not rules:
         if not options.demo:
             log.info("no devices configured: serving the demo devices")

@@ -43,9 +43,12 @@ class Sharing:
 def start_usbwire(vm: VM, backend: str, *devices: tuple[int, int]) -> GuestCommand:
     """``usbwire serve`` in the guest sharing QEMU's ``devices`` (its disk and keyboard by default)."""
     exports = " ".join(f"--export {vid:04x}:{pid:04x}" for vid, pid in devices or (QEMU_STORAGE_ID, QEMU_HID_ID))
+    # Looking for devices this often overlaps every enumeration of an import by the guest's
+    # vhci: the server must keep answering while it lists devices (the guest kernel holds the
+    # vhci hub's lock until the new device has answered, and listing reads that hub's sysfs).
     command = vm.start_chroot_command(
         f"exec {vm.python} -m usbwire serve -v --host 0.0.0.0 --port {USBIP_PORT} --control none"
-        f" --backend {backend} {exports}"
+        f" --backend {backend} --rescan-interval 0.1 {exports}"
     )
     deadline = time.monotonic() + 30
     err = vm.paths.commands / f"{command.id}.err"
@@ -115,6 +118,8 @@ def test_storage_reads_through_the_import_from_the_host_and_the_guest_kernel(sha
     block = block_device(vm, local[1]).removeprefix("/dev/")
     digest = vm.run(f"dd if=/dev/{block} bs=512 count={SECTORS} iflag=direct 2>/dev/null | sha256sum", 60, check=True)
     assert digest.out.split()[0] == hashlib.sha256(sharing.known).hexdigest()
+    # The import matches the same VID:PID, but a device imported here is never exported again.
+    assert local[1] not in {d.busid for d in asyncio.run(list_devices("127.0.0.1", sharing.host_port))}
 
     # A write through the import reads back after detaching and importing again.
     written = vm.run(

@@ -20,6 +20,7 @@ from typing import Any
 import usb1
 
 from usbwire.backends.base import ExportedDevice, Urb, UrbResult
+from usbwire.backends.usbip_host import on_vhci
 from usbwire.protocol.constants import Direction, Errno, Speed, TransferType, UrbFlag
 from usbwire.protocol.descriptors import (
     ConfigurationDescriptor,
@@ -399,18 +400,32 @@ class LibusbExport(ExportedDevice):
 
 
 class _Scan:
-    """One libusb context, its loop integration and the exports that still use it."""
+    """One libusb context, the devices it found, its loop integration and the exports that use it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self) -> None:
+        # Blocking, so run in a worker thread: listing reads every USB device's sysfs files,
+        # and the kernel holds a hub's lock while it enumerates a new child. When that child
+        # is one of this server's own devices imported on the same machine (vhci), its
+        # enumeration waits for the server to answer: listing on the loop would deadlock.
         self.context = usb1.USBContext()
         self.context.open()
-        self.loop = loop
+        self.present: dict[str, usb1.USBDevice] = {}
+        try:
+            for device in self.context.getDeviceIterator(skip_on_error=True):
+                busid = busid_of(device)
+                # Never exported: hubs, and devices this machine imports (as the kernel's
+                # bind refuses them too; exporting an import of our own would be a loop).
+                if device.getDeviceClass() != 0x09 and not on_vhci(f"/sys/bus/usb/devices/{busid}"):
+                    self.present[busid] = device
+        except BaseException:
+            self.context.close()
+            raise
         self.integration: LoopIntegration | None = None
         self.users: set[str] = set()
 
-    def keep_for(self, busid: str) -> None:
+    def keep_for(self, busid: str, loop: asyncio.AbstractEventLoop) -> None:
         if self.integration is None:
-            self.integration = LoopIntegration(self.context, self.loop)
+            self.integration = LoopIntegration(self.context, loop)
         self.users.add(busid)
 
     def release(self, busid: str) -> None:
@@ -423,6 +438,21 @@ class _Scan:
             self.integration.close()
             self.integration = None
         self.context.close()
+
+
+async def _scan_in_thread() -> _Scan:
+    pending = asyncio.get_running_loop().run_in_executor(None, _Scan)
+    try:
+        return await asyncio.shield(pending)
+    except asyncio.CancelledError:
+        # The thread cannot be stopped: its context is closed once the listing is done.
+        pending.add_done_callback(_close_unused)
+        raise
+
+
+def _close_unused(listed: asyncio.Future[_Scan]) -> None:
+    if not listed.cancelled() and listed.exception() is None:
+        listed.result().close()
 
 
 class LibusbManager:
@@ -448,24 +478,27 @@ class LibusbManager:
         self.exports: dict[str, LibusbExport] = {}
         self._scans: dict[str, _Scan] = {}
         self._poller: asyncio.Task[None] | None = None
+        # Set when a transfer finds a device unplugged: look again now, not at the next poll.
+        self._look_now = asyncio.Event()
 
     async def start(self) -> None:
-        self.rescan()
+        await self.rescan()
         self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self.poll_interval)
-            self.rescan()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._look_now.wait(), self.poll_interval)
+            self._look_now.clear()
+            try:
+                await self.rescan()
+            except usb1.USBError as error:
+                log.warning("cannot list USB devices: %s", error)
 
-    def rescan(self) -> None:
-        scan = _Scan(asyncio.get_running_loop())
+    async def rescan(self) -> None:
+        scan = await _scan_in_thread()
         try:
-            present: dict[str, usb1.USBDevice] = {}
-            for device in scan.context.getDeviceIterator(skip_on_error=True):
-                if device.getDeviceClass() == 0x09:  # hubs are never exported
-                    continue
-                present[busid_of(device)] = device
+            present = scan.present
             for busid in list(self.exports):
                 current = present.get(busid)
                 if current is None or current.getDeviceAddress() != self.exports[busid].info.devnum:
@@ -481,25 +514,25 @@ class LibusbManager:
                 if busid in self.exports:
                     continue
                 try:
-                    export = LibusbExport(device, scan.context, self._soon_rescan)
+                    export = LibusbExport(device, scan.context, self._look_now.set)
                 except usb1.USBError as error:
                     log.debug("%s: cannot read descriptors: %s", busid, error)
                     continue
                 if self.matches(export):
-                    scan.keep_for(busid)
+                    scan.keep_for(busid, asyncio.get_running_loop())
                     self._scans[busid] = scan
                     self.exports[busid] = export
                     self.added(export)
         finally:
+            scan.present.clear()
             if not scan.users:
                 scan.close()
-
-    def _soon_rescan(self) -> None:
-        asyncio.get_running_loop().call_soon(self.rescan)
 
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
         for busid, export in list(self.exports.items()):
             await export.close()
             self._scans.pop(busid).release(busid)

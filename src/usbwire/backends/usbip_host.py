@@ -63,7 +63,7 @@ class LocalDevice:
 
     @property
     def on_vhci(self) -> bool:
-        return "vhci_hcd" in os.path.realpath(self.path)
+        return on_vhci(self.path)
 
     @property
     def usbip_status(self) -> int | None:
@@ -169,6 +169,11 @@ def unbind(busid: str, sysfs: Path = SYSFS) -> None:
             write_attribute(driver_dir / "rebind", busid)
     except OSError as error:
         raise _explain(error, f"unbinding {busid}") from None
+
+
+def on_vhci(path: str | Path) -> bool:
+    """Whether the device at sysfs ``path`` is one this machine imports (vhci's bus)."""
+    return "vhci_hcd" in os.path.realpath(path)
 
 
 def bound_devices(sysfs: Path = SYSFS) -> list[LocalDevice]:
