@@ -73,7 +73,8 @@ def test_bulk_loopback_with_one_urb_in_flight(server: RunningServer) -> None:
     with WireClient(server.port) as client:
         client.import_(LOOPBACK)
         configure(client)
-        for size in (1, 64, 512, 4096, 65536):
+        # The largest spans three reads of the server's receive buffer (256 KiB).
+        for size in (1, 64, 512, 4096, 65536, 600 * 1024):
             payload = os.urandom(size)
             out = client.submit(ep=1, direction=Direction.OUT, data=payload)
             sent = replies(client, 1)[out]

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("usbwire.server")
 
+# Bytes one read may bring (what asyncio's and uvloop's transports ask the socket for).
+READ_SIZE = 256 * 1024
 # Seconds between checks that a client we stopped reading from is still there.
 LIVENESS_PERIOD = 1.0
 # How the fast lane's answers leave (UsbipProtocol._answer_at_once). Replies written together
@@ -628,6 +630,23 @@ def _peer_gone(sock: socket.socket) -> bool:
 
 def _is_iso(device: ExportedDevice, ep: int, direction: Direction) -> bool:
     return device.endpoint_type(ep, direction) == TransferType.ISOCHRONOUS
+
+
+class BufferedUsbipProtocol(UsbipProtocol, asyncio.BufferedProtocol):
+    """UsbipProtocol for asyncio's own event loop, whose transport gives a plain protocol a
+    new 256 KiB bytes object for every read (allocated, its pages faulted in, shrunk, freed):
+    reads land in one kept buffer instead and what arrived is copied out, as uvloop does
+    inside. The buffer can be shared by every connection of a loop, as it is emptied at once."""
+
+    def __init__(self, server: Server, buffer: memoryview) -> None:
+        super().__init__(server)
+        self._buffer = buffer
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes].tobytes())
 
 
 def _format_peer(peer: object) -> str:

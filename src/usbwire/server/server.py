@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from ssl import SSLContext
 from typing import Any
@@ -14,7 +15,7 @@ from usbwire.protocol.connection import DEFAULT_MAX_TRANSFER
 from usbwire.protocol.constants import DEFAULT_PORT
 from usbwire.protocol.session import DEAD_AFTER, DEFAULT_WINDOW
 from usbwire.server.access import AccessPolicy, ImportGate
-from usbwire.server.connection import UsbipProtocol
+from usbwire.server.connection import READ_SIZE, BufferedUsbipProtocol, UsbipProtocol
 from usbwire.server.registry import Registry
 from usbwire.server.session import Sessions
 
@@ -72,8 +73,14 @@ class Server:
     ) -> None:
         """Listen on ``host`` (all IPv4 and IPv6 addresses when None); TLS with ``ssl``."""
         loop = asyncio.get_running_loop()
+        factory: Callable[[], UsbipProtocol]
+        if type(loop).__module__.startswith("uvloop"):
+            # uvloop reads into a buffer of its own and makes bytes of exactly what arrived.
+            factory = functools.partial(UsbipProtocol, self)
+        else:
+            factory = functools.partial(BufferedUsbipProtocol, self, memoryview(bytearray(READ_SIZE)))
         server = await loop.create_server(
-            lambda: UsbipProtocol(self),
+            factory,
             host=host,
             port=port,
             reuse_address=True,
