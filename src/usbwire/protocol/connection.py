@@ -169,7 +169,9 @@ class Connection:
     def held(self) -> int:
         """Of :attr:`buffered`, the bytes the fast lane keeps to answer itself: a command
         whose OUT data has not all arrived, or commands left when it was told to stop."""
-        return sum(len(chunk) - start for chunk, start in self._held)
+        held = self._held
+        # Asked for after every read, and nearly always empty: a generator costs 0.15 us.
+        return sum(len(chunk) - start for chunk, start in held) if held else 0
 
     def next_event(self) -> NextEvent:
         """The next complete event, ``NEED_DATA``, or ``ConnectionClosed`` after a clean EOF."""
