@@ -163,6 +163,29 @@ def test_keys_sent_through_qemus_monitor_arrive_at_the_importing_side(sharing: S
     assert 0x04 in report[2:]  # HID usage of "a"
 
 
+def test_a_device_being_reset_does_not_hold_up_the_other_devices(sharing: Sharing) -> None:
+    async def keyboard_answers_during_a_disk_reset() -> int:
+        disk_import = connect("127.0.0.1", sharing.storage_busid, port=sharing.host_port)
+        kbd_import = connect("127.0.0.1", sharing.keyboard_busid, port=sharing.host_port)
+        async with disk_import as disk, kbd_import as kbd:
+            await disk.set_configuration(1)
+            await kbd.set_configuration(1)
+            # SET_FEATURE(PORT_RESET), which the server (or the kernel's stub) turns into a
+            # reset of the real device: the guest kernel resets its port and enumerates it again.
+            resetting = asyncio.ensure_future(disk.control_transfer(0x23, 0x03, 4, 1, timeout=30))
+            await asyncio.sleep(0.01)  # let the reset go out first
+            answered = 0
+            while not resetting.done():
+                await kbd.control_transfer(0x80, 0x06, 0x0100, 0, 18, timeout=10)  # GET_DESCRIPTOR
+                answered += 1
+            assert await resetting == 0
+            return answered
+
+    # A reset takes the guest kernel tens of milliseconds; a server that waited for it on its
+    # event loop answered the keyboard only once it was over (1 answer at most).
+    assert asyncio.run(keyboard_answers_during_a_disk_reset()) >= 3
+
+
 def test_libusb_passes_a_bulk_outs_zero_length_packet_flag_to_the_device(lab: Lab) -> None:
     # A transfer that fills its last packet ends, for some devices, only at a zero-length
     # packet. The kernel's stub keeps URB_ZERO_PACKET on bulk OUT (usbip-host hands the

@@ -49,6 +49,7 @@ SET_CONFIGURATION = (0x00, 9)
 SET_INTERFACE = (0x01, 11)
 CLEAR_HALT = (0x02, 1)
 PORT_RESET = (0x23, 3)
+_SPECIAL = {SET_CONFIGURATION, SET_INTERFACE, CLEAR_HALT, PORT_RESET}
 
 
 def busid_of(device: usb1.USBDevice) -> str:
@@ -63,6 +64,7 @@ class LoopIntegration:
     def __init__(self, context: usb1.USBContext, loop: asyncio.AbstractEventLoop) -> None:
         self.context = context
         self.loop = loop
+        self._loop_thread = threading.get_ident()
         self._fds: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
@@ -91,6 +93,11 @@ class LoopIntegration:
     def _added(self, fd: int, events: int, user_data: Any) -> None:
         import select
 
+        if threading.get_ident() != self._loop_thread:
+            # A handle opened or closed in a worker thread: the loop changes its own watches,
+            # in the order libusb asked (a closed descriptor's number may come back at once).
+            self.loop.call_soon_threadsafe(self._added, fd, events, user_data)
+            return
         if events & select.POLLIN:
             self.loop.add_reader(fd, self.handle_events)
         if events & select.POLLOUT:
@@ -98,6 +105,9 @@ class LoopIntegration:
         self._fds.add(fd)
 
     def _removed(self, fd: int, user_data: Any) -> None:
+        if threading.get_ident() != self._loop_thread:
+            self.loop.call_soon_threadsafe(self._removed, fd, user_data)
+            return
         self.loop.remove_reader(fd)
         self.loop.remove_writer(fd)
         self._fds.discard(fd)
@@ -183,6 +193,10 @@ class LibusbExport(ExportedDevice):
             self.endpoints.add(_configuration(config))
         self._claimed: list[int] = []
         self._detached: set[int] = set()
+        # Clear while a reconfiguration or reset runs in its thread: as with the kernel's stub,
+        # whose receiving thread does these in line, no other URB reaches the device meanwhile.
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._info = self._read_info()
 
     def _read_info(self) -> DeviceInfo:
@@ -219,21 +233,26 @@ class LibusbExport(ExportedDevice):
     def endpoint_type(self, ep: int, direction: Direction) -> TransferType | None:
         return self.endpoints.transfer_type(ep, direction)
 
+    # Opening, claiming, configuring and resetting a device wait for the kernel (a reset takes
+    # a re-enumeration, detaching a driver its unbinding): they run in a worker thread, so the
+    # loop goes on serving every other device and client meanwhile.
+
     async def open(self) -> None:
-        self.handle = self.device.open()
+        self.handle = handle = await asyncio.to_thread(self.device.open)
         try:
-            value = self.handle.getConfiguration()
+            value = await asyncio.to_thread(handle.getConfiguration)
         except usb1.USBError:
             value = 0
+        await asyncio.to_thread(self._claim, self._interfaces(value))
         self.endpoints.set_configuration(value)
-        self._claim_all()
 
-    def _claim_all(self) -> None:
+    def _interfaces(self, configuration: int) -> list[int]:
+        chosen = self.endpoints.configurations.get(configuration) if configuration else None
+        return sorted({i.bInterfaceNumber for i in chosen.interfaces}) if chosen else []
+
+    def _claim(self, numbers: list[int]) -> None:
         assert self.handle is not None
-        active = self.endpoints.active
-        if active is None:
-            return
-        for number in sorted({i.bInterfaceNumber for i in active.interfaces}):
+        for number in numbers:
             try:
                 # Detach by hand rather than libusb's auto-detach, which would give the
                 # interface back to its kernel driver on every release (and make a later
@@ -260,11 +279,26 @@ class LibusbExport(ExportedDevice):
                 self.handle.attachKernelDriver(number)
         self._detached.clear()
 
+    def _give_back(self) -> None:
+        assert self.handle is not None
+        self._release_all()
+        self._reattach_drivers()
+        with contextlib.suppress(usb1.USBError):
+            self.handle.close()
+
+    def _reconfigure(self, value: int, numbers: list[int]) -> None:
+        assert self.handle is not None
+        self._release_all()
+        self.handle.setConfiguration(value)
+        self._claim(numbers)
+
     async def submit(self, urb: Urb) -> UrbResult:
+        if not self._settled.is_set():
+            await self._settled.wait()
         if self.handle is None:
             return UrbResult(status=-Errno.ENODEV)
         if urb.transfer_type == TransferType.CONTROL:
-            special = self._special(urb)
+            special = await self._special(urb)
             if special is not None:
                 return special
         transfer = self.handle.getTransfer(iso_packets=len(urb.iso_packets))
@@ -346,30 +380,44 @@ class LibusbExport(ExportedDevice):
             status = -Errno.EREMOTEIO
         return UrbResult(status=status, data=received)
 
-    def _special(self, urb: Urb) -> UrbResult | None:
+    async def _special(self, urb: Urb) -> UrbResult | None:
         """Run the requests the kernel's stub intercepts through libusb's own calls."""
-        assert self.handle is not None
+        handle = self.handle
+        assert handle is not None
         kind = (urb.setup[0], urb.setup[1])
+        if kind not in _SPECIAL:
+            return None
+        self._settled.clear()
+        running = asyncio.ensure_future(self._run_special(handle, kind, urb))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # An UNLINK cannot stop the kernel halfway through a reconfiguration: it finishes
+            # (and the endpoint table follows it) before the URB is given up.
+            await asyncio.wait({running})
+            raise
+        finally:
+            self._settled.set()
+
+    async def _run_special(self, handle: usb1.USBDeviceHandle, kind: tuple[int, int], urb: Urb) -> UrbResult | None:
         value = int.from_bytes(urb.setup[2:4], "little")
         index = int.from_bytes(urb.setup[4:6], "little")
         try:
             if kind == SET_CONFIGURATION:
                 active = self.endpoints.active
                 if active is None or active.bConfigurationValue != value:
-                    self._release_all()
-                    self.handle.setConfiguration(value)
+                    await asyncio.to_thread(self._reconfigure, value, self._interfaces(value))
                     self.endpoints.set_configuration(value)
-                    self._claim_all()
                 # The same configuration again (what every host does after enumerating):
                 # nothing to change on the host side, and usbfs would refuse it while the
                 # interfaces are claimed.
             elif kind == SET_INTERFACE:
-                self.handle.setInterfaceAltSetting(index, value)
+                await asyncio.to_thread(handle.setInterfaceAltSetting, index, value)
                 self.endpoints.set_interface(index, value)
             elif kind == CLEAR_HALT and value == 0:
-                self.handle.clearHalt(index & 0x8F)
+                await asyncio.to_thread(handle.clearHalt, index & 0x8F)
             elif kind == PORT_RESET and value == 4:
-                self.handle.resetDevice()
+                await asyncio.to_thread(handle.resetDevice)
             else:
                 return None
         except usb1.USBErrorNoDevice:
@@ -383,14 +431,11 @@ class LibusbExport(ExportedDevice):
     async def reset(self) -> None:
         if self.handle is not None:
             with contextlib.suppress(usb1.USBError):
-                self.handle.resetDevice()
+                await asyncio.to_thread(self.handle.resetDevice)
 
     async def close(self) -> None:
         if self.handle is not None:
-            self._release_all()
-            self._reattach_drivers()
-            with contextlib.suppress(usb1.USBError):
-                self.handle.close()
+            await asyncio.to_thread(self._give_back)
             self.handle = None
         if self.retired is not None:
             # The device left while imported: its libusb context may go only now that the
