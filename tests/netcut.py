@@ -4,6 +4,7 @@ with CuttablePath(server_port) as path:     # clients connect to path.port
     path.cut(5.0)        # every connection ends now; new ones are reset for 5 s
     path.swallow(True)   # bytes vanish both ways while the connections look alive
     path.swallow(False)  # new bytes cross again, except on a connection that lost some (see swallow)
+    path.latency = 0.4   # every forwarded chunk arrives this many seconds late (a far or slow link)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class CuttablePath:
         self._open: list[socket.socket] = []
         self._refuse_until = 0.0
         self._swallowed: tuple[bool, ...] = ()  # the directions dropped now (True: the server's)
+        self.latency = 0.0
         threading.Thread(target=self._accept, name="cuttable-path", daemon=True).start()
 
     def __enter__(self) -> CuttablePath:
@@ -86,6 +88,8 @@ class CuttablePath:
                 # comes after a dropped chunk is dropped too, so it never arrives out of place.
                 holed = holed or replies in self._swallowed
                 if not holed:
+                    if self.latency:
+                        time.sleep(self.latency)  # the link's delay, not a wait for anything
                     sink.sendall(data)
         except OSError:
             pass

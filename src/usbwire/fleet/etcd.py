@@ -19,10 +19,14 @@ INSTALL_HINT = "fleet mode needs the etcd client: pip install 'usbwire[fleet]'"
 
 # gRPC waits up to two minutes between reconnection attempts by default; a restarted etcd
 # must be found again well within a lease's TTL, or every lease of the fleet would lapse.
+# Despite its name, gRPC's "min_reconnect_backoff" is the least time a connection attempt
+# gets to finish (TCP, then HTTP/2's SETTINGS): at 100 ms, etcd over a link slower than that
+# (a far site, a loaded VM) could never be reached. 5 s also bounds how long an attempt into
+# a dead path delays the next one.
 _CHANNEL_OPTIONS = {
     "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 500,
+    "grpc.min_reconnect_backoff_ms": 5000,
 }
 
 
