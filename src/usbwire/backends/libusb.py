@@ -94,8 +94,7 @@ class LoopIntegration:
         import select
 
         if threading.get_ident() != self._loop_thread:
-            # A handle opened or closed in a worker thread: the loop changes its own watches,
-            # in the order libusb asked (a closed descriptor's number may come back at once).
+            # A handle opened in a worker thread: the loop changes its own watches.
             self.loop.call_soon_threadsafe(self._added, fd, events, user_data)
             return
         if events & select.POLLIN:
@@ -105,9 +104,9 @@ class LoopIntegration:
         self._fds.add(fd)
 
     def _removed(self, fd: int, user_data: Any) -> None:
-        if threading.get_ident() != self._loop_thread:
-            self.loop.call_soon_threadsafe(self._removed, fd, user_data)
-            return
+        # Always on the loop's thread (handles are closed there): libusb closes the descriptor
+        # right after this returns, and a removal the loop made later could hit whatever
+        # socket the loop had opened under the same number meanwhile.
         self.loop.remove_reader(fd)
         self.loop.remove_writer(fd)
         self._fds.discard(fd)
@@ -235,7 +234,8 @@ class LibusbExport(ExportedDevice):
 
     # Opening, claiming, configuring and resetting a device wait for the kernel (a reset takes
     # a re-enumeration, detaching a driver its unbinding): they run in a worker thread, so the
-    # loop goes on serving every other device and client meanwhile.
+    # loop goes on serving every other device and client meanwhile. Only closing the handle,
+    # which is quick, stays on the loop.
 
     async def open(self) -> None:
         self.handle = handle = await asyncio.to_thread(self.device.open)
@@ -280,11 +280,8 @@ class LibusbExport(ExportedDevice):
         self._detached.clear()
 
     def _give_back(self) -> None:
-        assert self.handle is not None
         self._release_all()
         self._reattach_drivers()
-        with contextlib.suppress(usb1.USBError):
-            self.handle.close()
 
     def _reconfigure(self, value: int, numbers: list[int]) -> None:
         assert self.handle is not None
@@ -436,6 +433,8 @@ class LibusbExport(ExportedDevice):
     async def close(self) -> None:
         if self.handle is not None:
             await asyncio.to_thread(self._give_back)
+            with contextlib.suppress(usb1.USBError):
+                self.handle.close()  # on the loop's thread: see LoopIntegration._removed
             self.handle = None
         if self.retired is not None:
             # The device left while imported: its libusb context may go only now that the
