@@ -294,7 +294,7 @@ class LibusbExport(ExportedDevice):
             await self._settled.wait()
         if self.handle is None:
             return UrbResult(status=-Errno.ENODEV)
-        if urb.transfer_type == TransferType.CONTROL:
+        if urb.transfer_type == TransferType.CONTROL and (urb.setup[0], urb.setup[1]) in _SPECIAL:
             special = await self._special(urb)
             if special is not None:
                 return special
@@ -382,8 +382,6 @@ class LibusbExport(ExportedDevice):
         handle = self.handle
         assert handle is not None
         kind = (urb.setup[0], urb.setup[1])
-        if kind not in _SPECIAL:
-            return None
         self._settled.clear()
         running = asyncio.ensure_future(self._run_special(handle, kind, urb))
         try:
