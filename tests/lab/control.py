@@ -53,6 +53,11 @@ class ControlChannel:
             self._cond.wait_for(lambda: command_id in self._done or self.closed, timeout_s)
             return self._done.pop(command_id, None)
 
+    def finished(self, command_id: int) -> bool:
+        """Whether the agent said the command exited (its status stays for :meth:`wait_done`)."""
+        with self._cond:
+            return command_id in self._done
+
     def wait_killed(self, command_id: int, timeout_s: float) -> None:
         """Wait (best effort) until the agent confirms a ``kill``."""
         deadline = time.monotonic() + timeout_s

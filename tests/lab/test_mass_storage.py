@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, start_server, wait_until
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.msc import PRODUCT_ID as DISK_PRODUCT_ID
 from usbwire.devices.msc import VENDOR_ID, MassStorage
@@ -43,6 +44,10 @@ def vhci_port(client: KernelClient) -> int:
 
 def sh(client: KernelClient, command: str, timeout_s: float = 120.0) -> str:
     return client.vm.chroot_run(command, timeout_s, check=True).out
+
+
+def _size(client: KernelClient, path: str) -> int:
+    return int(sh(client, f"stat -c %s {path} 2>/dev/null || echo 0"))
 
 
 def test_ext4_file_survives_detach_and_reattach_and_fsck_is_clean(
@@ -84,7 +89,14 @@ def test_a_cut_connection_mid_write_loses_nothing_that_was_synced(
         ).split()[0]
         writer = client.vm.start_chroot_command(f"dd if=/dev/zero of={MOUNT}/big bs=1M count=128 conv=fsync")
         # Let the write get going, then cut the client's TCP connection from the server side.
-        client.vm.chroot_run(f"while [ ! -s {MOUNT}/big ]; do sleep 0.1; done; sleep 1", 60, check=True)
+        try:
+            wait_until(
+                lambda: writer.finished or _size(client, f"{MOUNT}/big") > 0, "the writer to begin", timeout_s=120
+            )
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{client.vm.blocked_tasks()}") from None
+        assert not writer.finished, writer.wait(1).describe()
+        time.sleep(1.0)
 
         def cut() -> None:
             for connection in list(server.server._connections):

@@ -152,9 +152,13 @@ class GuestCommand:
                     f"QEMU exited while running {self.command!r}: {self._vm.exit_reason()}",
                     self._vm.dmesg(),
                 )
+            # Where it hangs, before the kill ends it: a command stuck on a disk or a journal
+            # is in uninterruptible sleep, and its kernel stack names what it waits for.
+            stacks = self._vm.blocked_tasks()
             self.kill()
             raise CommandTimeout(
-                f"guest command timed out after {timeout_s:g} s\n{self._result(-9).describe()}",
+                f"guest command timed out after {timeout_s:g} s\n{self._result(-9).describe()}"
+                f"\n--- guest tasks in uninterruptible sleep (sysrq w) ---\n{stacks or '(none)'}",
                 self._vm.dmesg(),
             )
         result = self._result(code)
@@ -162,9 +166,18 @@ class GuestCommand:
             raise CommandFailed(f"guest command failed\n{result.describe()}", self._vm.dmesg())
         return result
 
+    @property
+    def finished(self) -> bool:
+        """Whether the command has exited (:meth:`wait` still collects its result)."""
+        return self._vm._control().finished(self.id)
+
     def output_so_far(self) -> str:
         """What the command has written to stdout until now (it may still be running)."""
         return _read_text(self._file(".out"))
+
+    def errors_so_far(self) -> str:
+        """What the command has written to stderr until now."""
+        return _read_text(self._file(".err"))
 
     def wait_for_output(self, text: str, timeout_s: float = 20.0) -> None:
         """Wait until stdout contains ``text``: e.g. a guest tool saying it is ready.
@@ -447,6 +460,19 @@ class VM:
                 if code == 0:
                     return command.output_so_far()
         return self.final_dmesg if self.final_dmesg is not None else self._saved_log()
+
+    def blocked_tasks(self) -> str:
+        """The kernel's report of the guest's tasks in uninterruptible sleep, with their stacks
+        (sysrq w); empty when there are none or the guest cannot be asked."""
+        if not self.alive:
+            return ""
+        with contextlib.suppress(LabError):
+            command = self._submit("echo w >/proc/sysrq-trigger", "sysrq w")
+            self._control().wait_done(command.id, 10.0)
+        lines = self.dmesg().splitlines()
+        # The newest report starts with this line; only tasks in D state follow it.
+        starts = [i for i, line in enumerate(lines) if "Show Blocked State" in line]
+        return "\n".join(lines[starts[-1] :]) if starts else ""
 
     def dmesg_since_ready(self) -> str:
         """The kernel log from the moment the guest was ready: what the test itself caused.
