@@ -463,7 +463,7 @@ class VM:
 
     def blocked_tasks(self) -> str:
         """The kernel's report of the guest's tasks in uninterruptible sleep, with their stacks
-        (sysrq w); empty when there are none or the guest cannot be asked."""
+        (sysrq w): its heading alone when none is stuck, empty if the guest cannot be asked."""
         if not self.alive:
             return ""
         with contextlib.suppress(LabError):
