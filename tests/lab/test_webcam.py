@@ -132,6 +132,13 @@ def yuyv_frame_counter(frame: bytes) -> int:
     return yuyv_counter(frame, WIDTH)
 
 
+# usb_submit_urb answers -EPERM (-1) only for a URB being killed. uvcvideo resubmits from a
+# work item: a URB that completed just before streamoff poisoned it is resubmitted into the
+# poison, and this is logged. The race is inside the guest's kernel, at any stop, whatever
+# the device; seen once in a CI run.
+_STOP_RACE = "Failed to resubmit video URB (-1)."
+
+
 def uvc_complaints(vm: VM) -> list[str]:
     """uvcvideo's and the USB core's warnings about the device since boot."""
     words = ("uvcvideo", "usb 3-", "vhci")
@@ -139,7 +146,7 @@ def uvc_complaints(vm: VM) -> list[str]:
     return [
         line
         for line in vm.dmesg().splitlines()
-        if any(w in line for w in words) and any(b in line.lower() for b in bad)
+        if any(w in line for w in words) and any(b in line.lower() for b in bad) and not line.endswith(_STOP_RACE)
     ]
 
 
