@@ -93,12 +93,16 @@ def server() -> Iterator[RunningServer]:
     yield from start_server()
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout_s`` naming ``what``."""
+def wait_until(
+    condition: Callable[[], bool], what: str, timeout_s: float = 10.0, explain: Callable[[], str] | None = None
+) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout_s`` naming ``what``, with what
+    ``explain`` then says of the state of things."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            said = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{said}")
         time.sleep(0.001)
 
 

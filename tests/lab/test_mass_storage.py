@@ -89,12 +89,12 @@ def test_a_cut_connection_mid_write_loses_nothing_that_was_synced(
         ).split()[0]
         writer = client.vm.start_chroot_command(f"dd if=/dev/zero of={MOUNT}/big bs=1M count=128 conv=fsync")
         # Let the write get going, then cut the client's TCP connection from the server side.
-        try:
-            wait_until(
-                lambda: writer.finished or _size(client, f"{MOUNT}/big") > 0, "the writer to begin", timeout_s=120
-            )
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{client.vm.blocked_tasks()}") from None
+        wait_until(
+            lambda: writer.finished or _size(client, f"{MOUNT}/big") > 0,
+            "the writer to begin",
+            timeout_s=120,
+            explain=client.vm.blocked_tasks,
+        )
         assert not writer.finished, writer.wait(1).describe()
         time.sleep(1.0)
 

@@ -81,13 +81,15 @@ def test_two_five_second_outages_are_hidden_from_a_writing_file_system(lab: Lab,
             cut = time.monotonic()
             # A write (or the cache flush of an fsync) is caught in the outage: issued, and
             # waiting for the device.
-            try:
-                wait_until(lambda: _in_flight(vm) > 0, "a write waiting through the outage", timeout_s=OUTAGE - 0.5)
-            except AssertionError as error:
-                state = "has ended" if writer.finished else "is running"
-                raise AssertionError(
-                    f"{error}; the writer {state}, stderr: {writer.errors_so_far()!r}\n{vm.dmesg()[-3000:]}"
-                ) from None
+            wait_until(
+                lambda: _in_flight(vm) > 0,
+                "a write waiting through the outage",
+                timeout_s=OUTAGE - 0.5,
+                explain=lambda: (
+                    f"the writer {'has ended' if writer.finished else 'is running'},"
+                    f" stderr: {writer.errors_so_far()!r}\n{vm.dmesg()[-3000:]}"
+                ),
+            )
             # The relay resumes on its own once the path is back, and the writes go on.
             wait_until(lambda: path.connections > outage, "the relay to resume", timeout_s=OUTAGE + 10)  # noqa: B023
             resumed = time.monotonic() - cut

@@ -154,12 +154,12 @@ class GuestCommand:
                 )
             # Where it hangs, before the kill ends it: a command stuck on a disk or a journal
             # is in uninterruptible sleep, and its kernel stack names what it waits for.
-            stacks = self._vm.blocked_tasks()
+            log, stacks = self._vm._log_and_blocked_tasks()
             self.kill()
             raise CommandTimeout(
                 f"guest command timed out after {timeout_s:g} s\n{self._result(-9).describe()}"
                 f"\n--- guest tasks in uninterruptible sleep (sysrq w) ---\n{stacks or '(none)'}",
-                self._vm.dmesg(),
+                log,
             )
         result = self._result(code)
         if check and not result.ok:
@@ -464,15 +464,21 @@ class VM:
     def blocked_tasks(self) -> str:
         """The kernel's report of the guest's tasks in uninterruptible sleep, with their stacks
         (sysrq w): its heading alone when none is stuck, empty if the guest cannot be asked."""
+        return self._log_and_blocked_tasks()[1]
+
+    def _log_and_blocked_tasks(self) -> tuple[str, str]:
+        """The kernel log before a fresh sysrq w report, and the report: read once, and each
+        shown once by a caller that shows both."""
         if not self.alive:
-            return ""
+            return self.dmesg(), ""
         with contextlib.suppress(LabError):
             command = self._submit("echo w >/proc/sysrq-trigger", "sysrq w")
             self._control().wait_done(command.id, 10.0)
         lines = self.dmesg().splitlines()
         # The newest report starts with this line; only tasks in D state follow it.
         starts = [i for i, line in enumerate(lines) if "Show Blocked State" in line]
-        return "\n".join(lines[starts[-1] :]) if starts else ""
+        start = starts[-1] if starts else len(lines)
+        return "\n".join(lines[:start]), "\n".join(lines[start:])
 
     def dmesg_since_ready(self) -> str:
         """The kernel log from the moment the guest was ready: what the test itself caused.
