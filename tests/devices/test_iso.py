@@ -72,16 +72,6 @@ def test_a_clock_books_urbs_back_to_back_and_restarts_after_a_gap() -> None:
     assert late.deadline == pytest.approx(11.008)
 
 
-def test_a_urb_without_iso_asap_starts_at_the_frame_it_names() -> None:
-    clock = IsoClock(FRAME)
-    now = 100 * FRAME
-    named = clock.reserve(4, now, start_frame=130)
-    assert named.start_frame == 130 and named.deadline == pytest.approx(134 * FRAME)
-    # The next ASAP URB follows it; one naming a frame that has passed starts as soon as possible.
-    assert clock.reserve(2, now).start_frame == 134
-    assert clock.reserve(2, 136 * FRAME, start_frame=50).start_frame == 136
-
-
 def test_frame_numbers_wrap_at_eleven_bits() -> None:
     slot = IsoClock(FRAME).reserve(1, now=2048 * FRAME + 5 * FRAME)
     assert slot.start_frame == 5

@@ -67,8 +67,10 @@ def test_the_guest_records_the_microphone_tone_unbroken_and_in_real_time(
         client.attach(server.port, HEADSET, wait_for=HEADSET_ID)
         card = sound_card(client)
         recording = client.vm.paths.scratch / "mic.wav"
+        # -v shows the buffer and period ALSA granted: a read fails with EIO when no period of
+        # sound arrives within 1.1 buffers, here 1.1 s.
         result = client.vm.chroot_run(
-            f"date +%s.%N; arecord -D plughw:{card},0 -f S16_LE -c 2 -r {RATE} -d 10 --buffer-time=1000000 "
+            f"date +%s.%N; arecord -v -D plughw:{card},0 -f S16_LE -c 2 -r {RATE} -d 10 --buffer-time=1000000 "
             f"{recording}; status=$?; date +%s.%N; exit $status",
             60,
         )

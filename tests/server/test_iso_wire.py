@@ -113,13 +113,17 @@ def test_a_stalled_transfer_reports_the_stall_in_every_packet() -> None:
         assert [(p.actual_length, p.status) for p in ret.iso_packets] == [(0, -Errno.EPIPE)] * 2
 
 
-def test_a_urb_without_iso_asap_waits_for_the_frame_it_names(streaming: tuple[RunningServer, WireClient]) -> None:
+def test_a_urb_without_iso_asap_starts_at_once_whatever_frame_it_names(
+    streaming: tuple[RunningServer, WireClient],
+) -> None:
+    """Linux's snd-usb-audio sends its URBs without URB_ISO_ASAP, fresh ones naming frame 0: a
+    frame of the client's, not of our counter. Taken as ours, it held a stream's start for up to
+    a second (and failed the guest's arecord with EIO)."""
     _, client = streaming
     client.submit(ep=1, direction=Direction.IN, length=4, flags=ISO_ASAP, iso_packets=_packets(4))
-    now = reply(client).start_frame + 1
-    named = (now + 100) & 0x7FF
+    named = (reply(client).start_frame + 4 + 1000) & 0x7FF  # a second ahead on our counter
     started = time.monotonic()
     client.submit(ep=1, direction=Direction.IN, length=4, iso_packets=_packets(4), start_frame=named)
     ret = reply(client)
-    assert ret.start_frame == named
-    assert time.monotonic() - started >= 0.09
+    assert time.monotonic() - started < 0.5, "the URB waited for the frame it named"
+    assert (named - ret.start_frame) & 0x7FF > 500, ret.start_frame

@@ -69,8 +69,7 @@ class EmulatedExport(ExportedDevice):
                 if endpoint is None:
                     return _EPIPE
                 if endpoint.transfer == TransferType.ISOCHRONOUS:
-                    start = None if urb.flags & UrbFlag.ISO_ASAP else urb.start_frame
-                    done = await self.device.isochronous(endpoint, urb.data, urb.iso_packets, start)
+                    done = await self.device.isochronous(endpoint, urb.data, urb.iso_packets)
                     return UrbResult(
                         data=done.data,
                         start_frame=done.start_frame,

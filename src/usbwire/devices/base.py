@@ -155,12 +155,9 @@ class Device:
             return self.in_now(endpoint, length)
         return b"" if self.out_now(endpoint, data) else None
 
-    async def isochronous(
-        self, endpoint: Endpoint, data: bytes, packets: Sequence[IsoPacket], start_frame: int | None = None
-    ) -> IsoCompletion:
-        """An iso transfer, paced like the bus: it completes when its packets' slots have passed.
-
-        ``start_frame`` is the frame the host asked for (no ``URB_ISO_ASAP``), None for ASAP.
+    async def isochronous(self, endpoint: Endpoint, data: bytes, packets: Sequence[IsoPacket]) -> IsoCompletion:
+        """An iso transfer, paced like the bus: it completes when its packets' slots have passed
+        (see :class:`IsoClock`, also for the frame a URB without ``URB_ISO_ASAP`` names).
 
         OUT hands each packet's bytes to :meth:`iso_out` at once; IN asks :meth:`iso_in` for the
         packets when their slots are over, as a device fills them during those (micro)frames.
@@ -170,7 +167,7 @@ class Device:
         clock = self._iso_clocks.get(endpoint.address)
         if clock is None:
             clock = self._iso_clocks[endpoint.address] = IsoClock(service_interval(endpoint, self.speed))
-        slot = clock.reserve(len(packets), asyncio.get_running_loop().time(), start_frame)
+        slot = clock.reserve(len(packets), asyncio.get_running_loop().time())
         try:
             if endpoint.direction == Direction.OUT:
                 await self.iso_out(endpoint, [data[p.offset : p.offset + p.length] for p in packets])

@@ -8,6 +8,13 @@ is given the next free slots, and completes at the end of its last one. A URB th
 after its slot has passed starts at once (``URB_ISO_ASAP``); the schedule never runs ahead of
 the wall clock by more than the URBs the host has queued.
 
+A URB without ``URB_ISO_ASAP`` is scheduled the same way, as Linux's EHCI and xHCI drivers
+schedule one: after the endpoint's previous URB, or at once on an idle stream. The frame its
+``start_frame`` names is not used. A USB/IP client cannot know our frame counter (vhci's reads 0),
+and Linux's snd-usb-audio sends its URBs without the flag: a fresh URB names frame 0, a
+resubmitted one the frame its last completion reported. Taking 0 as a frame up to 1024 frames
+ahead delayed the start of a stream by up to a second, at random.
+
 The server starts an endpoint's next URB only when the previous one has completed, so even a
 URB the host queued in time reaches the clock a little late. Up to :data:`CATCH_UP` late, it
 still takes the slots right after the previous URB's, as on a bus where it had been waiting
@@ -53,19 +60,9 @@ class IsoClock:
         self.period = period
         self._next: float | None = None
 
-    def reserve(self, packets: int, now: float, start_frame: int | None = None) -> Slot:
-        """Book ``packets`` service intervals after the ones already booked (or from now).
-
-        ``start_frame`` (a URB without ``URB_ISO_ASAP``) asks for the packets to start at that
-        frame number: honoured when it is ahead (within half the frame counter's range), taken
-        as "as soon as possible" when it has passed.
-        """
+    def reserve(self, packets: int, now: float) -> Slot:
+        """Book ``packets`` service intervals after the ones already booked (or from now)."""
         start = now if self._next is None or self._next < now - CATCH_UP else self._next
-        if start_frame is not None:
-            current = math.floor(start / FRAME + 1e-6)
-            ahead = (start_frame - current) & FRAME_NUMBER_MASK
-            if ahead <= FRAME_NUMBER_MASK // 2:
-                start = (current + ahead) * FRAME
         self._next = start + packets * self.period
         # The epsilon keeps a schedule built by adding periods from landing a hair early.
         frame = math.floor(start / FRAME + 1e-6) & FRAME_NUMBER_MASK
