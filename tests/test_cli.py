@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import closed_port
+
 USBWIRE = [sys.executable, "-m", "usbwire"]
 COMMANDS = [
     "serve", "list", "status", "export", "unexport", "type", "mouse",
@@ -113,16 +115,20 @@ def test_status_export_unexport_through_the_control_socket(served: ServeProcess)
     assert "1-1" in usbwire("status", *control).stdout
 
 
+CLOSED_PORT = "(a port that refuses connections)"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        pytest.param(["list", "-r", "127.0.0.1", "--port", "1"], "connection refused", id="refused"),
+        pytest.param(["list", "-r", "127.0.0.1", "--port", CLOSED_PORT], "connection refused", id="refused"),
         pytest.param(["list", "-r", "no-such-host.invalid"], "cannot resolve", id="unknown-host"),
         pytest.param(["status", "--control", "/nonexistent/usbwire.sock"], "no server is running", id="no-server"),
     ],
 )
 def test_errors_are_one_line_and_exit_1(args: list[str], message: str) -> None:
-    result = usbwire(*args, check=False)
+    with closed_port() as port:
+        result = usbwire(*[str(port) if arg == CLOSED_PORT else arg for arg in args], check=False)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("usbwire: error: ")
     assert message in result.stderr

@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from tests.conftest import RunningServer
-from usbwire.client import SyncDevice, connect
+from tests.conftest import RunningServer, silent_server
+from usbwire.client import ServerUnreachable, SyncDevice, connect, list_devices, open_device
+from usbwire.client.handshake import import_socket
 from usbwire.errors import DeviceGone, ImportRefused, TransferError
 from usbwire.protocol import Direction, OpStatus, TransferType
 
@@ -87,6 +88,17 @@ def test_import_refused_for_unknown_busid(server: RunningServer) -> None:
     with pytest.raises(ImportRefused) as caught:
         asyncio.run(main())
     assert caught.value.status == OpStatus.NODEV
+
+
+def test_a_server_that_takes_the_connection_and_says_nothing_is_named_unreachable() -> None:
+    with silent_server() as port:
+        where = f"127.0.0.1:{port}: no answer within 0.2 s"
+        with pytest.raises(ServerUnreachable, match=where):
+            asyncio.run(list_devices("127.0.0.1", port, timeout=0.2))
+        with pytest.raises(ServerUnreachable, match=where):
+            asyncio.run(open_device("127.0.0.1", "1-1", port=port, timeout=0.2))
+        with pytest.raises(ServerUnreachable, match=where):
+            import_socket("127.0.0.1", "1-1", port, timeout=0.2)  # as `usbwire attach` imports
 
 
 def test_transfers_in_flight_fail_with_device_gone_when_the_device_is_unexported(

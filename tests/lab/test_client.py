@@ -18,7 +18,7 @@ import pytest
 import usb.core
 import usb.util
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, closed_port, start_server
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.client import RemoteDevice, connect
 from usbwire.client.pyusb import get_backend
@@ -196,15 +196,16 @@ def test_usbwire_attach_imports_usbwires_emulated_disk(lab: Lab, disk_server: tu
         assert "Port" not in imported_listing(vm).split("====\n", 1)[-1]
 
         # The error cases, each with its message and exit status 1.
-        cases = {
-            f"attach -r 10.0.2.2 -p {server.port} -b 9-9": "not exported",
-            "attach -r 10.0.2.2 -p 1 -b 5-1": "connection refused",
-            "attach -r no-such-host.invalid -b 5-1": "cannot resolve",
-            "detach -p 999": "invalid port",
-        }
-        for args, message in cases.items():
-            code, _, err = usbwire_in_guest(vm, args)
-            assert (code, message in err, err.count("\n")) == (1, True, 1), (args, err)
+        with closed_port() as refusing:  # on the host, which the guest reaches as 10.0.2.2
+            cases = {
+                f"attach -r 10.0.2.2 -p {server.port} -b 9-9": "not exported",
+                f"attach -r 10.0.2.2 -p {refusing} -b 5-1": "connection refused",
+                "attach -r no-such-host.invalid -b 5-1": "cannot resolve",
+                "detach -p 999": "invalid port",
+            }
+            for args, message in cases.items():
+                code, _, err = usbwire_in_guest(vm, args)
+                assert (code, message in err, err.count("\n")) == (1, True, 1), (args, err)
         # Busy: another client holds the disk.
         with asyncio.Runner() as runner:
             holder = runner.run(connect_holder(server.port))

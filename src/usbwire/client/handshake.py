@@ -50,6 +50,9 @@ def connect(
         conn = ClientConnection()
         if token is not None:
             _authenticate(sock, conn, token)
+    except TimeoutError as error:  # it took the connection and said nothing (not a USB/IP server?)
+        sock.close()
+        raise unreachable(error, host, tcp_port, timeout) from None
     except BaseException:
         sock.close()
         raise
@@ -70,6 +73,9 @@ def import_socket(
     try:
         device = request_import(sock, conn, busid, f"{host}:{tcp_port}", tls is not None)
         sock.settimeout(None)
+    except TimeoutError as error:
+        sock.close()
+        raise unreachable(error, host, tcp_port, timeout) from None
     except BaseException:
         sock.close()
         raise

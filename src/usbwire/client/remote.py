@@ -145,6 +145,8 @@ async def list_devices(
         reply = await _reply(conn, reader, timeout, ssl is not None)
         assert isinstance(reply, OpRepDevlist)
         return list(reply.devices)
+    except TimeoutError as error:  # it took the connection and said nothing (not a USB/IP server?)
+        raise unreachable(error, host, port, timeout) from None
     finally:
         writer.close()
 
@@ -175,6 +177,9 @@ async def import_device(
                 field="busid",
                 value=reply.device.busid,
             )
+    except TimeoutError as error:
+        writer.close()
+        raise unreachable(error, host, port, timeout) from None
     except BaseException:
         writer.close()
         raise
