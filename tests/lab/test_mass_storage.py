@@ -80,7 +80,9 @@ def test_a_cut_connection_mid_write_loses_nothing_that_was_synced(
     lab: Lab, disk_server: tuple[RunningServer, Path]
 ) -> None:
     server, _ = disk_server
-    with kernel_client(lab, cpus=2) as client:
+    # The VM outlives every wait below (120 s each), so that a stuck guest is reported by the
+    # wait, with its blocked tasks, rather than killed by the hard timeout without a word.
+    with kernel_client(lab, cpus=2, hard_timeout_s=420) as client:
         dev = attach(client, server)
         sh(client, f"mkfs.ext4 -q -F {dev} && mkdir -p {MOUNT} && mount {dev} {MOUNT}")
         synced = sh(
