@@ -184,8 +184,8 @@ class UsbipProtocol(asyncio.Protocol):
         """The fast lane's answers, which only a plain import's connection has: no session
         to frame them, and a transport while the lane is open."""
         transport = cast(asyncio.Transport, self.transport)
-        if transport.is_closing():  # (the server aborted it; no more reads come)
-            out.clear()
+        if transport.is_closing():  # the server aborted it: the answers have nowhere to go
+            pass
         elif len(out) == 1:
             transport.write(out[0])
         else:
