@@ -184,12 +184,11 @@ class UsbipProtocol(asyncio.Protocol):
         """The fast lane's answers, which only a plain import's connection has: no session
         to frame them, and a transport while the lane is open."""
         transport = cast(asyncio.Transport, self.transport)
-        if transport.is_closing():  # the server aborted it: the answers have nowhere to go
-            pass
-        elif len(out) == 1:
-            transport.write(out[0])
-        else:
-            transport.writelines(out)  # writev, without joining IN data to its header first
+        if not transport.is_closing():  # (aborted by the server: the answers have nowhere to go)
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)  # writev, without joining IN data to its header first
         out.clear()  # the transport keeps what it still has to send itself
 
     def _answered(self, answered: int) -> None:
