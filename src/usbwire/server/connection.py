@@ -56,7 +56,7 @@ log = logging.getLogger("usbwire.server")
 READ_SIZE = 256 * 1024
 # Seconds between checks that a client we stopped reading from is still there.
 LIVENESS_PERIOD = 1.0
-# How the fast lane's answers leave (UsbipProtocol._answer_rest). Replies written together
+# How the fast lane's answers leave (UsbipProtocol._answer_at_once). Replies written together
 # to a client with many URBs in flight: 8 to 16 all did well in bench/, 12 best of both.
 REPLY_GROUP = 12
 # A client answered one reply per write: fewer answers per read than this, on average...
@@ -97,7 +97,7 @@ class UsbipProtocol(asyncio.Protocol):
         self._process_scheduled = False
         # The connection's fast lane while URBs of a plain import may take it.
         self._fast: FastLane | None = None
-        self._depth = 0  # see _answered
+        self._depth = 0  # see _answer_at_once
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -124,45 +124,9 @@ class UsbipProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         fast = self._fast
-        if fast is None:
-            self._receive(data)
+        if fast is not None:
+            self._answer_at_once(fast, data)
             return
-        # The URB phase of a plain import, the hot path: the fast lane answers what the device
-        # completes at once, and the first answer leaves at once, so that the client works on
-        # it while we make the rest.
-        out = self._out
-        answered = fast(data, out, 1)
-        if answered:
-            self._write_answers(out)
-            if not self.conn.buffered:  # the usual case: the read held one command, now answered
-                self._answered(answered)
-                return
-        self._answer_rest(fast, answered, len(data))
-
-    def _answer_rest(self, fast: FastLane, answered: int, read_size: int) -> None:
-        """What the fast lane left of a read: the commands behind its first answer; what it
-        hands over (a URB that waits, an UNLINK, a bad PDU) goes on to _process, and what it
-        holds (a command whose OUT data is still arriving) waits for the next read."""
-        conn = self.conn
-        out = self._out
-        if answered:
-            # To a client that keeps few small URBs in flight, one by one as the C server does:
-            # each write keeps the client's core awake, where a batch lets it fall asleep, and
-            # waking a core costs tens of us in a VM. To a client with many in flight or with
-            # big transfers, in groups, which saves writes where the CPU is the limit (bench/
-            # measured both).
-            group = 1 if self._depth <= SHALLOW and read_size < BIG_READ else REPLY_GROUP
-            while made := fast(b"", out, group):
-                answered += made
-                self._write_answers(out)
-                if not conn.buffered:
-                    break
-        self._answered(answered)
-        if conn.buffered > conn.held:  # handed over
-            self._process()
-
-    def _receive(self, data: bytes) -> None:
-        """Bytes outside the fast lane: the OP phase, a framed session, a passthrough device."""
         session = self.session
         if session is not None and session.started:
             try:
@@ -180,16 +144,31 @@ class UsbipProtocol(asyncio.Protocol):
         self.conn.receive_data(data)
         self._process()
 
-    def _write_answers(self, out: list[bytes]) -> None:
-        """The fast lane's answers, which only a plain import's connection has: no session
-        to frame them, and a transport while the lane is open."""
-        transport = cast(asyncio.Transport, self.transport)
-        if not transport.is_closing():  # (aborted by the server: the answers have nowhere to go)
-            if len(out) == 1:
-                transport.write(out[0])
-            else:
-                transport.writelines(out)  # writev, without joining IN data to its header first
-        out.clear()  # the transport keeps what it still has to send itself
+    def _answer_at_once(self, fast: FastLane, data: bytes) -> None:
+        """The URB phase of a plain import: answer what the device completes at once; what
+        the fast lane hands over (a URB that waits, an UNLINK, a bad PDU) goes on to _process,
+        and what it holds (a command whose OUT data is still arriving) waits for the next read."""
+        conn = self.conn
+        # The first answer leaves alone, so that the client works on it while we make the
+        # rest. Then, to a client that keeps few small URBs in flight, one by one as the C
+        # server does: each write keeps the client's core awake, where a batch lets it fall
+        # asleep, and waking a core costs tens of us in a VM. To a client with many in
+        # flight or with big transfers, in groups, which saves writes where the CPU is the
+        # limit (bench/ measured both).
+        later = 1 if self._depth <= SHALLOW and len(data) < BIG_READ else REPLY_GROUP
+        group = 1
+        answered = 0
+        while made := fast(data, self._out, group):
+            data = b""
+            answered += made
+            self._write_out()
+            if not conn.buffered:
+                self._answered(answered)
+                return
+            group = later
+        self._answered(answered)
+        if conn.buffered > conn.held:  # handed over: a URB that waits, an UNLINK, a bad PDU
+            self._process()
 
     def _answered(self, answered: int) -> None:
         self.server.stats.replies += answered
