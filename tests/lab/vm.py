@@ -633,7 +633,7 @@ class VM:
 
 
 # Shell builtins only: with 18 vhci root hubs, two `cat`s per device were some 80 processes,
-# which took over 10 s on a TCG guest busy starting a Python client.
+# the likely reason one search took over 10 s on a TCG guest busy starting a Python client.
 _FIND_USB = """\
 for d in /sys/bus/usb/devices/*; do
     [ -f "$d/idVendor" ] || continue
