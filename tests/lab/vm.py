@@ -145,6 +145,7 @@ class GuestCommand:
             VMDied: QEMU exited while we waited.
             CommandFailed: ``check`` is true and the exit status is not 0.
         """
+        cpu_before = self._vm.cpu_seconds()
         code = self._vm._control().wait_done(self.id, timeout_s)
         if code is None:
             if not self._vm.alive:
@@ -152,12 +153,17 @@ class GuestCommand:
                     f"QEMU exited while running {self.command!r}: {self._vm.exit_reason()}",
                     self._vm.dmesg(),
                 )
+            # Who worked while we waited, and whether the agent ever started the command, tell
+            # a guest busy elsewhere from a stalled one (idle vCPUs) and from a stalled host.
+            spent = _cpu_spent(cpu_before, self._vm.cpu_seconds())
+            started = "started" if self._file(".out").exists() else "never started by the agent"
             # Where it hangs, before the kill ends it: a command stuck on a disk or a journal
             # is in uninterruptible sleep, and its kernel stack names what it waits for.
             log, stacks = self._vm._log_and_blocked_tasks()
             self.kill()
             raise CommandTimeout(
-                f"guest command timed out after {timeout_s:g} s\n{self._result(-9).describe()}"
+                f"guest command timed out after {timeout_s:g} s ({started})\n{self._result(-9).describe()}"
+                f"\n--- CPU seconds spent while waiting ---\n{spent}"
                 f"\n--- guest tasks in uninterruptible sleep (sysrq w) ---\n{stacks or '(none)'}",
                 log,
             )
@@ -491,6 +497,18 @@ class VM:
         note = [f"({first} boot lines before t={ready:.2f} s omitted)"] if first else []
         return "\n".join(note + lines[first:])
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each thread of QEMU (``CPU 0/TCG``... are the vCPUs) and
+        of this process (the tests' servers and relays), by thread name; and the host's idle
+        time, for a diagnosis of waits that time out."""
+        seconds = _thread_cpu_seconds(os.getpid(), "tests: ")
+        if self._proc is not None:
+            seconds.update(_thread_cpu_seconds(self._proc.pid, "qemu: "))
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+            seconds["host idle (all cores)"] = int(cpu[4]) / _CLOCK_TICKS
+        return seconds
+
     # -- internals -----------------------------------------------------------------------
 
     def _submit(self, script: str, shown: str, command_id: int | None = None) -> GuestCommand:
@@ -599,6 +617,7 @@ class VM:
         argv = [
             qemu_binary(),
             "-accel", "tcg",  # KVM guests hang on the project's machines (vm-lab.md)
+            "-name", "usbwire-lab,debug-threads=on",  # vCPU threads named: see cpu_seconds()
             "-machine", "q35",
             "-cpu", "max",  # lets the host's Python/wheels use whatever ISA they were built for
             "-smp", str(config.cpus),
@@ -732,3 +751,28 @@ def _read_text(path: Path) -> str:
         return path.read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu_seconds(pid: int, prefix: str) -> dict[str, float]:
+    """utime + stime of each thread of ``pid``, summed by thread name."""
+    seconds: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # The name is in parentheses and may hold spaces: the fields follow the last ")".
+                stat = (task / "stat").read_text()
+                name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                fields = stat[stat.rindex(")") + 2 :].split()
+                used = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+                seconds[prefix + name] = seconds.get(prefix + name, 0.0) + used
+    return seconds
+
+
+def _cpu_spent(before: Mapping[str, float], after: Mapping[str, float]) -> str:
+    """What :meth:`VM.cpu_seconds` grew by between two readings, busiest first."""
+    spent = {name: used - before.get(name, 0.0) for name, used in after.items()}
+    busiest = sorted(spent.items(), key=lambda item: -item[1])
+    return ", ".join(f"{name} {used:.1f}" for name, used in busiest if used >= 0.05) or "(none)"
