@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -57,6 +58,24 @@ def test_background_command_can_be_watched_and_killed(guest: VM) -> None:
 
     assert guest.run("ps | grep '[s]leep 60'").code == 1  # nothing left of it
     assert "never" not in command.output_so_far()
+
+
+def test_a_request_arriving_in_pieces_around_a_command_ending_is_not_lost(guest: VM) -> None:
+    # The serial line may deliver a request in pieces. A command ending meanwhile must not make
+    # the agent drop the piece it has read (busybox ash's read starts over after a SIGCHLD):
+    # the guest would sit idle, the command never started, until the wait for it timed out.
+    ending = guest.start_command("sleep 1")
+    request = next(guest._ids)
+    (guest.paths.commands / f"{request}.sh").write_text("echo whole\n")
+    serial = guest._control()._io.sock
+    serial.sendall(b"ru")
+    assert ending.wait(10).ok
+    # No request can be sent to tell when lab-run has exited after saying "done": wait it out.
+    time.sleep(0.5)
+    serial.sendall(f"n {request}\n".encode())
+
+    assert guest._control().wait_done(request, 10) == 0
+    assert (guest.paths.commands / f"{request}.out").read_text() == "whole\n"
 
 
 def test_failed_check_reports_output_and_guest_dmesg(guest: VM) -> None:

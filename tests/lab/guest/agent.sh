@@ -10,6 +10,9 @@
 #   guest -> host   ready RELEASE UPTIME
 #                   done ID RC   (written by lab-run when the command exits)
 # Commands run in the background so a hung one can still be killed and others run.
+# They are never the agent's own children: busybox ash's read starts over, dropping the part
+# of a line it has read, when a SIGCHLD interrupts it, and the serial line may deliver a
+# request in pieces. So a command ending while a request arrived would lose that request.
 
 tty=$1
 stty -F "$tty" raw -echo || exit 1
@@ -21,9 +24,12 @@ echo "ready $(uname -r) $uptime" >&3
 while read -r verb id <&3; do
     case "$verb" in
         run)
-            # setsid: the command gets its own process group, which "kill" targets.
-            setsid /bin/lab-run "$id" &
-            echo $! >"/run/lab/pids/$id"
+            # setsid: the command gets its own process group, which "kill" targets. The
+            # subshell, waited for here, ends at once: init inherits and reaps lab-run.
+            (
+                setsid /bin/lab-run "$id" &
+                echo $! >"/run/lab/pids/$id"
+            )
             ;;
         kill)
             [ -f "/run/lab/pids/$id" ] && kill -KILL -- "-$(cat "/run/lab/pids/$id")"
