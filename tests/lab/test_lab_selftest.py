@@ -20,7 +20,7 @@ from .initramfs import InitramfsSpec
 from .scenarios import KernelClient, KernelExport, host_usbip, run_usbfs
 from .session import REPO, Lab
 from .usbdevices import QEMU_HID_ID, QEMU_STORAGE_ID, keyboard, storage
-from .vm import VM
+from .vm import VM, GuestCommand
 
 KBD = "kbd"
 
@@ -65,17 +65,18 @@ def test_a_request_arriving_in_pieces_around_a_command_ending_is_not_lost(guest:
     # the agent drop the piece it has read (busybox ash's read starts over after a SIGCHLD):
     # the guest would sit idle, the command never started, until the wait for it timed out.
     ending = guest.start_command("sleep 1")
-    request = next(guest._ids)
-    (guest.paths.commands / f"{request}.sh").write_text("echo whole\n")
+    # What VM.start_command does, but with the request sent in two pieces.
+    command = GuestCommand(guest, next(guest._ids), "echo whole")
+    (guest.paths.commands / f"{command.id}.sh").write_text(command.command + "\n")
     serial = guest._control()._io.sock
     serial.sendall(b"ru")
     assert ending.wait(10).ok
     # No request can be sent to tell when lab-run has exited after saying "done": wait it out.
     time.sleep(0.5)
-    serial.sendall(f"n {request}\n".encode())
+    serial.sendall(f"n {command.id}\n".encode())
 
-    assert guest._control().wait_done(request, 10) == 0
-    assert (guest.paths.commands / f"{request}.out").read_text() == "whole\n"
+    result = command.wait(10)
+    assert (result.code, result.out) == (0, "whole\n")
 
 
 def test_failed_check_reports_output_and_guest_dmesg(guest: VM) -> None:
