@@ -67,6 +67,7 @@ def through_the_lane(pieces: list[bytes], most: int = MAX_BATCH) -> bytes:
         if lane(piece, out, most):
             while lane(b"", out, most):
                 pass
+        assert server.drained == (server.buffered == 0)  # the server's cheap "anything left?"
         while server.buffered > server.held and (event := next_received(server)) is not None:
             assert isinstance(event, CmdSubmit)  # only a declined command is handed over
             out.append(full_path_answer(server, event))
@@ -232,8 +233,10 @@ def test_commands_left_by_a_group_are_held_and_answered_by_the_next_call() -> No
     out: list[bytes] = []
     assert lane(submit(1) + submit(2) + submit(3), out, 1) == 1
     assert server.held == 96
+    assert not server.drained
     assert lane(b"", out, 12) == 2
     assert server.buffered == 0
+    assert server.drained
 
 
 def test_a_stream_ending_inside_a_held_command_is_named_by_next_event() -> None:

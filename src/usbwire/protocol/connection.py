@@ -166,6 +166,12 @@ class Connection:
         return len(self._buffer) - self._position + self.held
 
     @property
+    def drained(self) -> bool:
+        """Whether every byte received has been turned into events or answered: what a server
+        asks after each read, and so cheaper than ``buffered == 0``."""
+        return self._position == len(self._buffer) and not self._held
+
+    @property
     def held(self) -> int:
         """Of :attr:`buffered`, the bytes the fast lane keeps to answer itself: a command
         whose OUT data has not all arrived, or commands left when it was told to stop."""

@@ -147,33 +147,47 @@ class UsbipProtocol(asyncio.Protocol):
     def _answer_at_once(self, fast: FastLane, data: bytes) -> None:
         """The URB phase of a plain import: answer what the device completes at once; what
         the fast lane hands over (a URB that waits, an UNLINK, a bad PDU) goes on to _process,
-        and what it holds (a command whose OUT data is still arriving) waits for the next read."""
-        conn = self.conn
-        # The first answer leaves alone, so that the client works on it while we make the
-        # rest. Then, to a client that keeps few small URBs in flight, one by one as the C
-        # server does: each write keeps the client's core awake, where a batch lets it fall
-        # asleep, and waking a core costs tens of us in a VM. To a client with many in
-        # flight or with big transfers, in groups, which saves writes where the CPU is the
-        # limit (bench/ measured both).
-        later = 1 if self._depth <= SHALLOW and len(data) < BIG_READ else REPLY_GROUP
-        group = 1
-        answered = 0
-        while made := fast(data, self._out, group):
-            data = b""
-            answered += made
-            self._write_out()
-            if not conn.buffered:
-                self._answered(answered)
-                return
-            group = later
-        self._answered(answered)
-        if conn.buffered > conn.held:  # handed over: a URB that waits, an UNLINK, a bad PDU
-            self._process()
+        and what it holds (a command whose OUT data is still arriving) waits for the next read.
 
-    def _answered(self, answered: int) -> None:
-        self.server.stats.replies += answered
+        It runs for every read, so the writes are made here rather than through _write_out
+        (at 1 URB in flight that saved 0.2-0.3 us of server CPU per URB, 1-2% of the rate):
+        no session frames a plain import's replies, and the lane is taken away before we
+        close the transport."""
+        conn = self.conn
+        out = self._out
+        # The first answer leaves alone, so that the client works on it while we make the
+        # rest.
+        answered = fast(data, out, 1)
+        if answered:
+            transport = self.transport
+            assert transport is not None
+            # Then, to a client that keeps few small URBs in flight, one by one as the C server
+            # does: each write keeps the client's core awake, where a batch lets it fall asleep,
+            # and waking a core costs tens of us in a VM. To a client with many in flight or
+            # with big transfers, in groups, which saves writes where the CPU is the limit
+            # (bench/ measured both).
+            group = 1 if self._depth <= SHALLOW and len(data) < BIG_READ else REPLY_GROUP
+            while True:
+                self._out = []
+                self._out_bytes = 0  # (of replies sent before, now leaving with these)
+                if len(out) == 1:
+                    transport.write(out[0])
+                else:
+                    # One vectored write: uvloop (and asyncio from Python 3.12) pass the pieces
+                    # to writev, so IN data is not copied into a joined buffer first.
+                    transport.writelines(out)
+                if conn.drained or transport.is_closing():
+                    break
+                out = self._out
+                made = fast(b"", out, group)
+                if not made:
+                    break
+                answered += made
+            self.server.stats.replies += answered
         # How deep the client's queue looks: a running average of answers per read, in 16ths.
         self._depth = (self._depth * 3 + answered * 16) >> 2
+        if not conn.drained and conn.buffered > conn.held:
+            self._process()  # handed over: a URB that waits, an UNLINK, a bad PDU
 
     def eof_received(self) -> bool:
         if self.session is not None and self.session.started:
