@@ -1,20 +1,29 @@
 """The medium of a mass storage device: a raw image file read and written by position.
 
-Reads and writes are plain ``os.pread``/``os.pwrite`` on the event loop's thread: served
-from the page cache they take microseconds (about 45 us for 1 MiB, against some 120 us
-just to hand a call to a worker thread), so a thread would only add latency. ``fsync``
-really waits for the disk, so :meth:`Image.sync` runs it in a worker thread.
+The event loop never waits for the disk, which would stall every other device and client
+of the server. A read takes what the page cache holds at once (``RWF_NOWAIT``: a few us
+for 64 KiB) and the rest, a cold block, in a worker thread. Writes go to one worker thread
+in order, behind the URBs that carried them: a buffered write can wait on the disk too
+(dirty page throttling, a partly written page to read first), and handing every write over
+and waiting for it would cost a thread wake-up per URB. What the host is told stays exact:
+a command's status waits for its writes (:meth:`Image.flush`), a read waits for the writes
+before it, and :meth:`Image.sync` (``fsync``) for all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import errno
 import fcntl
 import os
 import weakref
 
 BLOCK_SIZE = 512
+# Bytes of writes handed to the writer thread and not yet written, at most: then a write
+# waits for room (the disk is slower than the network), which bounds the memory held.
+WRITE_BEHIND_LIMIT = 8 * 1024 * 1024
 
 
 class Image:
@@ -40,8 +49,16 @@ class Image:
         self.path = os.fspath(path)
         self.read_only = read_only
         self._fd = self._open(size)
-        # An image dropped without close() must not leak its descriptor (or its lock).
-        self._finalizer = weakref.finalize(self, os.close, self._fd)
+        # The writer thread, once the first write starts it (a list the finalizer can share).
+        self._writers: list[concurrent.futures.ThreadPoolExecutor] = []
+        # An image dropped without close() must not leak its descriptor (or its lock), nor
+        # close it under a write still to be done.
+        self._finalizer = weakref.finalize(self, _release, self._fd, self._writers)
+        # False once the file system refused RWF_NOWAIT (tmpfs: in memory anyway).
+        self._nowait_reads = hasattr(os, "RWF_NOWAIT")
+        self._pending: collections.deque[tuple[concurrent.futures.Future[None], int]] = collections.deque()
+        self._pending_bytes = 0
+        self._write_error: OSError | None = None  # of a write done behind, until reported
         try:
             end = os.lseek(self._fd, 0, os.SEEK_END)  # also right for block devices
             if size is not None and end != size:
@@ -88,48 +105,84 @@ class Image:
     def closed(self) -> bool:
         return not self._finalizer.alive
 
-    def read(self, offset: int, length: int) -> bytes:
-        """Exactly ``length`` bytes at byte ``offset``.
+    async def read(self, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes at byte ``offset``, as written so far (also behind).
 
         Raises:
-            OSError: The read failed, the image shrank under us (``EIO``) or is closed (``EBADF``).
+            OSError: The read failed, the image shrank under us (``EIO``) or is closed
+                (``EBADF``); a write done behind failed.
         """
-        self._check_open()
-        data = os.pread(self._fd, length, offset)
-        if len(data) == length:
-            return data
-        # Short reads happen for huge lengths; an empty one means the file shrank.
-        parts = [data]
-        done = len(data)
-        while done < length:
-            part = os.pread(self._fd, length - done, offset + done)
-            if not part:
-                raise OSError(errno.EIO, f"image ends before byte {offset + length}", self.path)
-            parts.append(part)
-            done += len(part)
-        return b"".join(parts)
+        await self.flush()
+        if not self._nowait_reads:
+            return self.read_now(offset, length)
+        buffer = bytearray(length)
+        try:
+            cached = os.preadv(self._fd, [buffer], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            cached = 0
+        except OSError as error:
+            if error.errno != errno.EOPNOTSUPP:
+                raise
+            self._nowait_reads = False
+            return self.read_now(offset, length)
+        if cached == length:
+            return bytes(buffer)
+        # A copy of the descriptor, closed by the worker: if we are cancelled, or the image
+        # is closed meanwhile, the worker never touches a number the process reused.
+        fd = os.dup(self._fd)
+        rest = await asyncio.to_thread(_read_and_close, fd, offset + cached, length - cached, self.path)
+        return bytes(memoryview(buffer)[:cached]) + rest if cached else rest
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Write all of ``data`` at byte ``offset`` (into the page cache: see :meth:`sync`).
+    def read_now(self, offset: int, length: int) -> bytes:
+        """:meth:`read`, blocking (after any writes done behind): for callers outside the
+        event loop, and for images in memory.
 
         Raises:
-            OSError: The write failed (``ENOSPC`` on a full file system holding a sparse
-                image, ``EBADF`` if read-only or closed).
+            OSError: As :meth:`read`.
         """
         self._check_open()
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._fd, view, offset)
-            view = view[written:]
-            offset += written
+        self._wait_for_writes()
+        return _read_all(self._fd, offset, length, self.path)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        """Write all of ``data`` at byte ``offset``: into the page cache (see :meth:`sync`),
+        behind, in order. :meth:`flush` waits for it and reports its failure.
+
+        Raises:
+            OSError: A write done behind failed (``ENOSPC`` on a full file system holding a
+                sparse image, say); the image is read-only (``EBADF``) or closed.
+        """
+        self._check_open()
+        self._report_write_error()
+        if self.read_only:
+            raise OSError(errno.EBADF, "image is read-only", self.path)
+        if not self._writers:
+            self._writers.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="usbwire-image"))
+        done = self._writers[0].submit(_write_all, self._fd, data, offset, self.path)
+        self._pending.append((done, len(data)))
+        self._pending_bytes += len(data)
+        while self._pending_bytes > WRITE_BEHIND_LIMIT:
+            await self._settle_oldest()
+        self._report_write_error()
+
+    async def flush(self) -> None:
+        """Wait for the writes done behind.
+
+        Raises:
+            OSError: One of them failed (reported once): the data may not be in the image.
+        """
+        self._check_open()
+        while self._pending:
+            await self._settle_oldest()
+        self._report_write_error()
 
     async def sync(self) -> None:
         """Make every write so far durable (``fsync``), without blocking the event loop.
 
         Raises:
-            OSError: fsync failed: written data may be lost.
+            OSError: fsync, or a write done behind, failed: written data may be lost.
         """
-        self._check_open()
+        await self.flush()
         # The worker gets its own descriptor and closes it itself: if we are cancelled, or
         # the image is closed meanwhile, it never touches a number the process reused.
         fd = os.dup(self._fd)
@@ -139,14 +192,44 @@ class Image:
         """:meth:`sync`, blocking: for callers outside the event loop.
 
         Raises:
-            OSError: fsync failed.
+            OSError: As :meth:`sync`.
         """
         self._check_open()
+        self._wait_for_writes()
+        self._report_write_error()
         os.fsync(self._fd)
 
+    async def _settle_oldest(self) -> None:
+        done, size = self._pending[0]
+        try:
+            await asyncio.shield(asyncio.wrap_future(done))
+        except OSError as error:
+            self._write_error = self._write_error or error
+        finally:
+            # (Cancelled, it is settled by whoever waits next: it stays first in the queue.)
+            if done.done() and self._pending and self._pending[0][0] is done:
+                self._pending.popleft()
+                self._pending_bytes -= size
+
+    def _wait_for_writes(self) -> None:
+        while self._pending:
+            done, size = self._pending.popleft()
+            self._pending_bytes -= size
+            error = done.exception()  # waits
+            if isinstance(error, OSError):
+                self._write_error = self._write_error or error
+
+    def _report_write_error(self) -> None:
+        error, self._write_error = self._write_error, None
+        if error is not None:
+            raise error
+
     def close(self) -> None:
-        """Release the file and its lock; does not sync. Closing twice is harmless."""
+        """Release the file and its lock after the writes done behind (not synced: see
+        :meth:`sync`). Closing twice is harmless."""
         self._finalizer()
+        self._pending.clear()
+        self._pending_bytes = 0
 
     def _check_open(self) -> None:
         if not self._finalizer.alive:
@@ -155,6 +238,48 @@ class Image:
     def __repr__(self) -> str:
         mode = "ro" if self.read_only else "rw"
         return f"<Image {self.path!r} {self.block_count} blocks {mode}{' closed' if self.closed else ''}>"
+
+
+def _release(fd: int, writers: list[concurrent.futures.ThreadPoolExecutor]) -> None:
+    for writer in writers:
+        writer.shutdown(wait=True)  # its writes first: none may land on a reused descriptor
+    writers.clear()
+    os.close(fd)
+
+
+def _read_all(fd: int, offset: int, length: int, path: str) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length:
+        return data
+    # Short reads happen for huge lengths; an empty one means the file shrank.
+    parts = [data]
+    done = len(data)
+    while done < length:
+        part = os.pread(fd, length - done, offset + done)
+        if not part:
+            raise OSError(errno.EIO, f"image ends before byte {offset + length}", path)
+        parts.append(part)
+        done += len(part)
+    return b"".join(parts)
+
+
+def _read_and_close(fd: int, offset: int, length: int, path: str) -> bytes:
+    try:
+        return _read_all(fd, offset, length, path)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes, offset: int, path: str) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+    except OSError as error:
+        # Reported later, maybe for another write: it names the byte that failed.
+        raise OSError(error.errno, f"{error.strerror} (at byte {offset})", path) from error
 
 
 def _sync_and_close(fd: int) -> None:

@@ -122,7 +122,7 @@ class ReadBlocks(Transfer):
 
     async def read(self, offset: int, size: int) -> bytes:
         try:
-            return self.image.read(self.start + offset, size)
+            return await self.image.read(self.start + offset, size)
         except OSError as error:
             log.error("read of %s at byte %d failed: %s", self.image.path, self.start + offset, error)
             raise CheckCondition(UNRECOVERED_READ_ERROR) from error
@@ -139,12 +139,18 @@ class WriteBlocks(Transfer):
 
     async def write(self, offset: int, data: bytes) -> None:
         try:
-            self.image.write(self.start + offset, data)
+            await self.image.write(self.start + offset, data)
         except OSError as error:
-            log.error("write to %s at byte %d failed: %s", self.image.path, self.start + offset, error)
+            log.error("write to %s failed: %s", self.image.path, error)  # (which byte: in the error)
             raise CheckCondition(_write_failure(error)) from error
 
     async def finish(self) -> None:
+        # The status says the blocks are written: they must be, not just handed over.
+        try:
+            await self.image.flush()
+        except OSError as error:
+            log.error("write to %s failed: %s", self.image.path, error)
+            raise CheckCondition(_write_failure(error)) from error
         if self.force_unit_access:
             await _sync(self.image)
 
@@ -162,7 +168,7 @@ class CompareBlocks(Transfer):
         if self.miscompare is not None:
             return
         try:
-            stored = self.image.read(self.start + offset, len(data))
+            stored = await self.image.read(self.start + offset, len(data))
         except OSError as error:
             raise CheckCondition(UNRECOVERED_READ_ERROR) from error
         if stored != data:
