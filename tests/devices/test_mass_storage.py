@@ -904,6 +904,67 @@ def test_a_reset_during_a_slow_fsync_abandons_that_command_for_good(
     assert struct.unpack("<IIIB", asyncio.run(scenario())) == (0x53425355, 2, 0, PASSED)
 
 
+def slow_flush(disk: MassStorage, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Make the image's writes reach it only once the returned event is set (a slow disk)."""
+    assert disk.image is not None
+    real_flush = disk.image.flush
+    release = asyncio.Event()
+
+    async def flush() -> None:
+        await release.wait()
+        await real_flush()
+
+    monkeypatch.setattr(disk.image, "flush", flush)
+    return release
+
+
+def test_a_write_commands_status_waits_for_its_blocks_but_its_data_urb_does_not(
+    disk: MassStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> tuple[bool, bool, bytes]:
+        release = slow_flush(disk, monkeypatch)
+        disk.set_configuration(1)
+        bulk_in, bulk_out = disk.endpoint(1, Direction.IN), disk.endpoint(2, Direction.OUT)
+        assert bulk_in is not None and bulk_out is not None
+        await disk.transfer(bulk_out, cbw(write10(7, 1), length=512, direction=Direction.OUT, tag=4), 31)
+        # The data URB is answered while its block is still on its way to the image, so the
+        # host sends the status request meanwhile...
+        await asyncio.wait_for(disk.transfer(bulk_out, pattern(1), 512), 1)
+        status = asyncio.ensure_future(disk.transfer(bulk_in, b"", 13))
+        await asyncio.sleep(0.01)
+        waited = not status.done()  # ... which waits for the block
+        release.set()
+        csw = await asyncio.wait_for(status, 1)
+        assert disk.image is not None
+        return waited, await disk.image.read(7 * 512, 512) == pattern(1), csw
+
+    waited, written, csw = asyncio.run(scenario())
+    assert waited and written
+    assert struct.unpack("<IIIB", csw) == (0x53425355, 4, 0, PASSED)
+
+
+def test_a_reset_while_the_status_waits_for_the_blocks_abandons_that_command(
+    disk: MassStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> bytes:
+        release = slow_flush(disk, monkeypatch)
+        disk.set_configuration(1)
+        bulk_in, bulk_out = disk.endpoint(1, Direction.IN), disk.endpoint(2, Direction.OUT)
+        assert bulk_in is not None and bulk_out is not None
+        await disk.transfer(bulk_out, cbw(write10(7, 1), length=512, direction=Direction.OUT, tag=5), 31)
+        await disk.transfer(bulk_out, pattern(1), 512)
+        status = asyncio.ensure_future(disk.transfer(bulk_in, b"", 13))
+        await asyncio.sleep(0.01)
+        await disk.control(Setup(0x21, BULK_ONLY_RESET, 0, 0, 0), b"")  # the host gave up waiting
+        release.set()
+        await asyncio.sleep(0.01)
+        assert not status.done()  # the abandoned command's CSW never comes...
+        await disk.transfer(bulk_out, cbw(tur(), length=0, direction=Direction.OUT, tag=6), 31)
+        return await asyncio.wait_for(status, 1)  # ... the next command's does
+
+    assert struct.unpack("<IIIB", asyncio.run(scenario())) == (0x53425355, 6, 0, PASSED)
+
+
 def test_an_in_urb_queued_before_the_cbw_waits_and_gets_the_csw(disk: MassStorage) -> None:
     async def scenario() -> tuple[bool, bytes]:
         disk.set_configuration(1)

@@ -169,10 +169,14 @@ class BulkOnlyDevice(Device):
             await self._receive_data(data)
 
     async def handle_in(self, endpoint: Endpoint, length: int) -> bytes:
-        await self._wait_until(endpoint, lambda: self.phase in _IN_READY)
-        if self.phase == Phase.DATA_IN:
-            return await self._send_data(length)
-        return self._send_status()
+        while True:
+            await self._wait_until(endpoint, lambda: self.phase in _IN_READY)
+            if self.phase == Phase.DATA_IN:
+                return await self._send_data(length)
+            csw = await self._send_status()
+            if csw is not None:
+                return csw
+            # A reset abandoned the command while it finished: this URB waits for the next.
 
     async def _receive_command(self, raw: bytes) -> None:
         cbw = CommandBlockWrapper.from_bytes(raw, max_lun=0)
@@ -234,7 +238,7 @@ class BulkOnlyDevice(Device):
             return chunk
         command.moved += len(chunk)
         if command.moved == command.planned:
-            await self._end_data(command, Direction.IN)
+            self._end_data(command, Direction.IN)
         return chunk
 
     async def _receive_data(self, data: bytes) -> None:
@@ -254,21 +258,14 @@ class BulkOnlyDevice(Device):
         command.moved += take
         if command.moved < command.planned:
             return
-        await self._end_data(command, Direction.OUT)
+        self._end_data(command, Direction.OUT)
         if take < len(data) and command.planned < command.host_length:
             # The device took the first part of this URB and stalled on the rest (case 11).
             raise Stall("more data than the command takes")
 
-    async def _end_data(self, command: _Command, direction: Direction) -> None:
-        generation = self._generation
-        if command.status == CswStatus.PASSED:
-            try:
-                await command.transfer.finish()
-            except CheckCondition as error:
-                self.unit.failed(error)
-                command.status = CswStatus.FAILED
-        if generation != self._generation:
-            return
+    def _end_data(self, command: _Command, direction: Direction) -> None:
+        # The transfer finishes (its writes reach the image; FUA: the disk) when the host asks
+        # for the status: meanwhile the host works on this URB's answer and sends that request.
         self.phase = Phase.STATUS
         if command.planned < command.host_length:  # cases 5, 11: stall what is left
             self._halt(direction)
@@ -280,9 +277,21 @@ class BulkOnlyDevice(Device):
         self.phase = Phase.STATUS
         self._halt(direction)
 
-    def _send_status(self) -> bytes:
+    async def _send_status(self) -> bytes | None:
+        """The CSW, once the command's transfer has finished; None if a reset abandoned the
+        command meanwhile."""
         command = self._command
         assert command is not None
+        if command.status == CswStatus.PASSED:
+            generation = self._generation
+            try:
+                await command.transfer.finish()  # (again, harmlessly, if an unlink cut it short)
+            except CheckCondition as error:
+                if generation == self._generation:
+                    self.unit.failed(error)
+                    command.status = CswStatus.FAILED
+            if generation != self._generation:
+                return None
         self._command = None
         self.phase = Phase.COMMAND
         self._notify()
