@@ -141,7 +141,7 @@ class Image:
             OSError: As :meth:`read`.
         """
         self._check_open()
-        self._wait_for_writes()
+        self._flush_now()
         return _read_all(self._fd, offset, length, self.path)
 
     async def write(self, offset: int, data: bytes) -> None:
@@ -195,8 +195,7 @@ class Image:
             OSError: As :meth:`sync`.
         """
         self._check_open()
-        self._wait_for_writes()
-        self._report_write_error()
+        self._flush_now()
         os.fsync(self._fd)
 
     async def _settle_oldest(self) -> None:
@@ -211,13 +210,15 @@ class Image:
                 self._pending.popleft()
                 self._pending_bytes -= size
 
-    def _wait_for_writes(self) -> None:
+    def _flush_now(self) -> None:
+        """:meth:`flush`, blocking."""
         while self._pending:
             done, size = self._pending.popleft()
             self._pending_bytes -= size
             error = done.exception()  # waits
             if isinstance(error, OSError):
                 self._write_error = self._write_error or error
+        self._report_write_error()
 
     def _report_write_error(self) -> None:
         error, self._write_error = self._write_error, None

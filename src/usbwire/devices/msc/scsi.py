@@ -141,16 +141,14 @@ class WriteBlocks(Transfer):
         try:
             await self.image.write(self.start + offset, data)
         except OSError as error:
-            log.error("write to %s failed: %s", self.image.path, error)  # (which byte: in the error)
-            raise CheckCondition(_write_failure(error)) from error
+            raise _write_failed(self.image, error) from error
 
     async def finish(self) -> None:
         # The status says the blocks are written: they must be, not just handed over.
         try:
             await self.image.flush()
         except OSError as error:
-            log.error("write to %s failed: %s", self.image.path, error)
-            raise CheckCondition(_write_failure(error)) from error
+            raise _write_failed(self.image, error) from error
         if self.force_unit_access:
             await _sync(self.image)
 
@@ -181,10 +179,13 @@ class CompareBlocks(Transfer):
             raise CheckCondition(dataclasses.replace(MISCOMPARE_DURING_VERIFY, information=self.miscompare))
 
 
-def _write_failure(error: OSError) -> Sense:
+def _write_failed(image: Image, error: OSError) -> CheckCondition:
+    """What a failed write (done behind: reported by a later write, or the status) makes of
+    the command; the error names the byte."""
+    log.error("write to %s failed: %s", image.path, error)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return SPACE_ALLOCATION_FAILED
-    return WRITE_ERROR
+        return CheckCondition(SPACE_ALLOCATION_FAILED)
+    return CheckCondition(WRITE_ERROR)
 
 
 async def _sync(image: Image) -> None:
