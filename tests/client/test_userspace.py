@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.streams
+import gc
 import os
+import socket
+import struct
+import threading
 
 import pytest
 
 from tests.conftest import RunningServer, silent_server
 from usbwire.client import ServerUnreachable, SyncDevice, connect, list_devices, open_device
 from usbwire.client.handshake import import_socket
-from usbwire.errors import DeviceGone, ImportRefused, TransferError
+from usbwire.errors import DeviceGone, ImportRefused, RemoteProtocolError, TransferError
 from usbwire.protocol import Direction, OpStatus, TransferType
 
 LOOPBACK, KEYBOARD = "1-1", "1-2"
@@ -122,3 +127,32 @@ def test_blocking_wrapper(server: RunningServer) -> None:
         device.set_configuration(1)
         report_descriptor = device.control_transfer(0x81, 6, 0x2200, 0, 255)
         assert isinstance(report_descriptor, bytes) and report_descriptor[:2] == b"\x05\x01"
+
+
+def test_a_server_resetting_the_connection_is_one_error_and_leaves_nothing_unread(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reset is reported once, as the call's error. asyncio also keeps it for whoever waits
+    for the stream to close; if nobody does, only a finalizer forgets it, and at interpreter exit
+    the finalizers may run in any order: then it is logged as "never retrieved". The test takes
+    that finalizer away, as an unlucky exit does."""
+    monkeypatch.delattr(asyncio.streams.StreamReaderProtocol, "__del__")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def reset_after_the_request() -> None:
+            for _ in range(2):
+                sock, _ = listener.accept()
+                sock.recv(64)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
+        resetter = threading.Thread(target=reset_after_the_request)
+        resetter.start()
+        with pytest.raises(RemoteProtocolError, match="reset the connection"):
+            asyncio.run(list_devices("127.0.0.1", port))
+        with pytest.raises(RemoteProtocolError, match="reset the connection"):
+            asyncio.run(open_device("127.0.0.1", "1-1", port=port))
+        resetter.join()
+    gc.collect()
+    assert "never retrieved" not in caplog.text

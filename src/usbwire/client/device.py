@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
 
-from usbwire.client.remote import Imported, import_device
+from usbwire.client.remote import Imported, close_stream, import_device
 from usbwire.errors import DeviceGone, ProtocolError, TransferError
 from usbwire.protocol.codec import unpack_iso_data
 from usbwire.protocol.constants import DEFAULT_PORT, Direction, Speed, TransferType, UrbFlag
@@ -97,9 +97,7 @@ class RemoteDevice:
 
     async def close(self) -> None:
         self._fail_all("closed")
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+        await close_stream(self._writer)
         if self._receiver is not None:
             self._receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
