@@ -17,6 +17,10 @@ from __future__ import annotations
 _DMESG_TAIL_LINES = 60
 
 
+class LabWarning(UserWarning):
+    """Something went wrong in the lab and was worked around (a guest boot retried)."""
+
+
 class LabError(Exception):
     """Base of every error the lab raises."""
 

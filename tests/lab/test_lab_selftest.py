@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from .errors import CommandFailed, CommandTimeout, VMDied
+from .errors import BootTimeout, CommandFailed, CommandTimeout, LabWarning, VMDied
 from .initramfs import InitramfsSpec
 from .scenarios import KernelClient, KernelExport, host_usbip, run_usbfs
 from .session import REPO, Lab
@@ -189,6 +189,16 @@ def test_hard_timeout_kills_qemu_and_says_so(lab: Lab) -> None:
 
         with pytest.raises(VMDied, match="hard timeout"):
             vm.run("sleep 30", timeout_s=20)
+
+
+def test_a_guest_that_hangs_while_booting_is_booted_once_more_then_reported(lab: Lab) -> None:
+    # -S: QEMU starts with its CPU stopped, a guest that never comes up.
+    stopped = lab.vm(hostroot=False, boot_timeout_s=2, extra_qemu_args=["-S"])
+
+    with pytest.warns(LabWarning, match="hung while booting"), pytest.raises(BootTimeout, match="within 2 s"):
+        stopped.start()
+
+    assert not stopped.alive
 
 
 def test_kernel_export_is_listed_by_host_usbip(kernel_export: KernelExport) -> None:
