@@ -176,6 +176,8 @@ class UsbipProtocol(asyncio.Protocol):
             self._process()  # handed over: a URB that waits, an UNLINK, a bad PDU
 
     def _receive(self, data: bytes) -> None:
+        """Bytes outside the fast lane (handshake, sessions, devices that answer later): through
+        the connection's events, in _process."""
         session = self.session
         if session is not None and session.started:
             try:
