@@ -188,6 +188,7 @@ def attach(
     token: str | None = None,
     resume: bool = False,
     on_session_state: Callable[[int, str, str], None] | None = None,
+    recorded_busid: str | None = None,
 ) -> int:
     """``usbip attach`` in Python: returns the vhci port the device is on.
 
@@ -196,7 +197,8 @@ def attach(
     port is detached or the server is gone for good) carries the URB stream: vhci only takes a
     plain socket, and only the relay can keep it open across a broken connection.
     ``on_session_state(port, state, detail)`` hears, in the relay process, when a session is
-    being resumed and when it was.
+    being resumed and when it was. ``recorded_busid`` is what ``usbip port`` shows instead of
+    ``busid``: a fleet's IMPORT busid carries its claim token, which has no place there.
     """
     vhci = vhci or Vhci()
     vhci.check()
@@ -229,7 +231,7 @@ def attach(
             relay_state = functools.partial(on_session_state, port) if on_session_state else lambda *_: None
             session_relay = SessionRelay(sock, relay_end, ticket, reconnect, on_state=relay_state)
             start_relay(session_relay.run, sock, relay_end)
-    vhci.record(port, host, tcp_port, busid)
+    vhci.record(port, host, tcp_port, recorded_busid or busid)
     return port
 
 

@@ -53,7 +53,9 @@ def attach(claimed: Claimed) -> int:
     deadline = time.monotonic() + ATTACH_BUSY_WAIT_S
     while True:
         try:
-            return vhci.attach(claimed.device.host, claimed.busid, claimed.device.port)
+            return vhci.attach(
+                claimed.device.host, claimed.busid, claimed.device.port, recorded_busid=claimed.device.busid
+            )
         except ImportRefused as error:
             if error.status != OpStatus.DEV_BUSY or time.monotonic() > deadline:
                 raise
