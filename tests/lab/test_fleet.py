@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fleet.conftest import USBWIRE, EtcdProcess, FleetServer, eventually, start_fleet_server
+from usbwire.client import connect
+from usbwire.errors import DeviceGone
 
-from .scenarios import kernel_client, run_usbfs
+from .scenarios import USBIP_PORT, kernel_client, run_usbfs
 from .session import Lab
+from .usbdevices import QEMU_HID_ID, keyboard
 from .vm import free_tcp_port
 
 pytestmark = pytest.mark.lab
@@ -103,4 +107,55 @@ def test_fleet_run_in_the_guest_attaches_the_claimed_device_for_the_command_and_
             assert not snapshot.claims
     finally:
         server.stop()
+        etcd.stop()
+
+
+def test_an_idle_claim_takes_a_device_back_from_the_guest_kernels_usbip_host(lab: Lab, tmp_path: Path) -> None:
+    """The kernel serves the import of a usbip-host export, so the server cannot close its
+    connection: it tells the stub to end it. Nor does it see the URBs: usbcore's count of the
+    device's URBs tells an idle import from a busy one."""
+    idle_s = 1.5
+    etcd = EtcdProcess(tmp_path / "etcd-data", tmp_path / "etcd.log")
+    etcd.start()
+    holder: subprocess.Popen[str] | None = None
+    try:
+        with lab.vm(usb=[keyboard(id="kbd")], forwards=[USBIP_PORT]) as vm:
+            busid = vm.wait_for_usb(*QEMU_HID_ID)
+            bound = vm.chroot_run(f"{vm.python} -m usbwire bind -b {busid}")
+            assert bound.ok, bound.describe()
+            host_port = vm.host_port(USBIP_PORT)
+            server = vm.start_chroot_command(
+                f"exec {vm.python} -m usbwire serve -v --host 0.0.0.0 --port {USBIP_PORT} --control none"
+                f" --backend usbip-host --export 0627:0001 --fleet etcd://10.0.2.2:{etcd.client_port}"
+                f" --fleet-name guest --fleet-address 127.0.0.1:{host_port}"
+            )
+            asyncio.run(eventually(etcd.url, lambda s: f"guest/{busid}" in s.devices, "the guest to register", 30))
+            claim = [*USBWIRE, "fleet", "claim", "--fleet", etcd.url, "--match", "0627:0001", "--idle", str(idle_s)]
+            holder = subprocess.Popen([*claim, "--json"], stdout=subprocess.PIPE, text=True)
+            assert holder.stdout is not None
+            (claimed,) = json.loads(holder.stdout.readline())
+
+            async def busy_then_idle() -> float:
+                async with connect("127.0.0.1", claimed["busid"], port=host_port) as device:
+                    await device.set_configuration(1)
+                    busy_until = time.monotonic() + 2 * idle_s
+                    while time.monotonic() < busy_until:  # URBs keep the claim
+                        await device.control_transfer(0x80, 6, 0x0100, 0, 18)
+                        await asyncio.sleep(idle_s / 8)
+                    quiet = time.monotonic()
+                    with pytest.raises(DeviceGone):  # a key that never comes: idle
+                        await asyncio.wait_for(device.interrupt_transfer(0x81, 8), 10 * idle_s)
+                    return time.monotonic() - quiet
+
+            taken_after = asyncio.run(busy_then_idle())
+            assert idle_s <= taken_after < 5 * idle_s, taken_after
+            # The stub resets the device after its connection ends: then it is available again.
+            status = f"/sys/bus/usb/devices/{busid}/usbip_status"
+            assert vm.run(f"for i in $(seq 100); do [ $(cat {status}) = 1 ] && exit; sleep 0.1; done; exit 1").ok
+            log = server.errors_so_far()
+            assert log.count("the kernel's import ended") == 1, log
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=10)
         etcd.stop()

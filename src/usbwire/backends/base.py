@@ -98,6 +98,17 @@ class KernelExport(ExportedDevice):
     def hand_over(self, fd: int) -> None:
         """Give the socket ``fd`` to the kernel; raises OSError if it refuses."""
 
+    @abc.abstractmethod
+    def take_back(self) -> bool:
+        """End the import the kernel serves, if there is one (its connection closes, the device
+        stays exported); whether there was. Raises OSError if the kernel refuses."""
+
+    @property
+    @abc.abstractmethod
+    def urbs_submitted(self) -> int:
+        """URBs submitted to the device so far, by whoever imports it: the kernel's import is
+        invisible to the server otherwise, and idle claims are judged by this."""
+
     def endpoint_type(self, ep: int, direction: Direction) -> TransferType | None:
         return None
 

@@ -196,3 +196,14 @@ class UsbipHostExport(KernelExport):
 
     def hand_over(self, fd: int) -> None:
         write_attribute(self.device.path / "usbip_sockfd", str(fd))
+
+    def take_back(self) -> bool:
+        if self.device.usbip_status != STATUS_USED:
+            return False
+        # -1 is the stub's "down": it shuts its connection down and becomes available again.
+        write_attribute(self.device.path / "usbip_sockfd", "-1")
+        return True
+
+    @property
+    def urbs_submitted(self) -> int:
+        return self.device.number("urbnum")  # usbcore counts every URB the stub submits

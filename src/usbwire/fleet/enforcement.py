@@ -3,7 +3,8 @@
 The server follows the claims on its own devices (one etcd watch). An IMPORT must name the
 device as ``BUSID#TOKEN`` with the token of its current claim; anything else is answered
 ``ST_NA``, as the access policy refuses. When a claim ends -- released, its lease lapsed,
-revoked -- the connection importing the device is closed, which frees the device. The server
+revoked -- the connection importing the device is closed (for a device exported through the
+kernel's usbip-host, the kernel is told to end its import), which frees the device. The server
 also ends claims itself: after ``max_hold_s``, and after ``idle_s`` without a URB.
 """
 
@@ -15,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from usbwire.backends.base import KernelExport
 from usbwire.fleet import keys
 from usbwire.fleet.etcd import Compare, Delete, Etcd, EtcdUnavailable, Event, KeyValue
 from usbwire.fleet.keys import ClaimRecord
@@ -154,7 +156,9 @@ class Enforcement:
     def _end(self, busid: str, reason: str) -> None:
         claim = self.claims.pop(busid)
         claim.cancel_timers()
-        if self.registry.evict(busid, reason):
+        # A claim this server ended itself had its import ended then; a second eviction could
+        # only hit the stub of a kernel export again while it is still resetting.
+        if not claim.ended and self.registry.evict(busid, reason):
             log.info("closed the import of %s: %s", busid, reason)
 
     def _check_idle(self, busid: str, revision: int) -> None:
@@ -162,10 +166,17 @@ class Enforcement:
         if claim is None or claim.revision != revision or claim.record.idle_s is None:
             return
         # A URB submitted or answered since the last look changes one of the connection's two
-        # counters (answered, in flight); a connection that went away is no activity.
+        # counters (answered, in flight); a connection that went away is no activity. An import
+        # the kernel serves has no connection here: usbcore's count of the device's URBs stands in.
         holder = self.registry.holder(busid)
         status = getattr(holder, "status", None)
-        counters = (int(status()["urbs"]), int(status()["in_flight"])) if callable(status) else None
+        device = self.registry.get(busid)
+        if callable(status):
+            counters: tuple[int, int] | None = (int(status()["urbs"]), int(status()["in_flight"]))
+        elif isinstance(device, KernelExport) and not device.available:
+            counters = (device.urbs_submitted, 0)
+        else:
+            counters = None
         now = time.monotonic()
         if counters != claim.urbs:
             if counters is not None and claim.urbs is not None:

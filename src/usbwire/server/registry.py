@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from usbwire.backends.base import ExportedDevice
+from usbwire.backends.base import ExportedDevice, KernelExport
 from usbwire.protocol.constants import OpStatus
 from usbwire.protocol.pdu import DeviceInfo
 
@@ -84,12 +84,23 @@ class Registry:
         return device
 
     def evict(self, busid: str, reason: str) -> bool:
-        """Close the connection holding ``busid``, if any; the device stays exported."""
+        """End the import of ``busid``, if any: close the connection holding it, or have the
+        kernel end one it serves; the device stays exported."""
         holder = self._holders.get(busid)
-        if holder is None:
+        if holder is not None:
+            holder.evict(reason)
+            return True
+        device = self._exports.get(busid)
+        if not isinstance(device, KernelExport):
             return False
-        holder.evict(reason)
-        return True
+        try:
+            taken = device.take_back()
+        except OSError as error:
+            log.warning("%s: the kernel did not end its import (%s): %s", busid, reason, error.strerror or error)
+            return False
+        if taken:
+            log.info("%s: the kernel's import ended: %s", busid, reason)
+        return taken
 
     def release(self, busid: str, holder: Holder) -> None:
         if self._holders.get(busid) is holder:
