@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
 
-from usbwire.client.remote import Imported, close_stream, import_device
+from usbwire.client.remote import Imported, import_device
 from usbwire.errors import DeviceGone, ProtocolError, TransferError
 from usbwire.protocol.codec import unpack_iso_data
 from usbwire.protocol.constants import DEFAULT_PORT, Direction, Speed, TransferType, UrbFlag
@@ -30,6 +30,7 @@ from usbwire.protocol.pdu import (
     RetSubmit,
     RetUnlink,
 )
+from usbwire.streams import close_stream
 
 log = logging.getLogger("usbwire.client")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from dataclasses import dataclass
 from ssl import SSLContext, SSLError
@@ -26,11 +25,10 @@ from usbwire.protocol.pdu import (
     OpReqDevlist,
     OpReqImport,
 )
+from usbwire.streams import close_stream
 from usbwire.tls import describe as describe_tls_error
 
 CONNECT_TIMEOUT = 10.0
-# How long a close waits for the transport (a TLS peer's close_notify) before giving up on it.
-CLOSE_TIMEOUT = 1.0
 
 
 class ServerUnreachable(UsbwireError):
@@ -71,15 +69,6 @@ async def open_connection(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     return reader, writer
-
-
-async def close_stream(writer: asyncio.StreamWriter, timeout: float = CLOSE_TIMEOUT) -> None:
-    """Close ``writer`` and wait for the transport to go. A connection that ended in an error
-    (a reset) keeps it for whoever waits here; left unread, asyncio relies on a finalizer to
-    forget it, and at interpreter exit reports it as "never retrieved" instead."""
-    writer.close()
-    with contextlib.suppress(OSError, TimeoutError):  # the error was the caller's to report
-        await asyncio.wait_for(writer.wait_closed(), timeout)
 
 
 async def read_event(conn: ClientConnection, reader: asyncio.StreamReader) -> Event:

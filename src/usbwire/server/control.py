@@ -25,6 +25,7 @@ from typing import Any
 
 from usbwire.errors import ControlError
 from usbwire.server.server import Server
+from usbwire.streams import close_stream
 
 log = logging.getLogger("usbwire.control")
 
@@ -75,7 +76,7 @@ class ControlServer:
         except (ConnectionError, ValueError) as error:
             log.warning("control connection failed: %s", error)
         finally:
-            writer.close()
+            await close_stream(writer)
 
     async def handle(self, line: bytes) -> dict[str, Any]:
         try:
