@@ -274,9 +274,9 @@ class VM:
                 except BootTimeout:
                     if attempt == BOOT_ATTEMPTS:
                         raise
-                    # About once in a few hundred boots the TCG guest's kernel stops early,
-                    # before anything of ours runs in it (CI saw it after "sched_clock:
-                    # Marking stable"). No test is about that: boot afresh, and say so.
+                    # Rarely, the TCG guest's kernel stops early, before anything of ours runs
+                    # in it (once in CI so far, after "sched_clock: Marking stable", among some
+                    # 200 boots). No test is about that: boot afresh, and say so.
                     last = _read_text(self.paths.console).strip().rpartition("\n")[2]
                     hung = f"the guest hung while booting ({last!r}); booting it again"
                     warnings.warn(LabWarning(hung), stacklevel=2)
