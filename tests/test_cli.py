@@ -184,3 +184,45 @@ def test_serve_refuses_a_rescan_interval_that_is_not_positive() -> None:
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("usbwire: error: ") and "more than 0 seconds" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["serve", "--port", "99999"], "--port: port 99999 is outside 0-65535", id="serve"),
+        pytest.param(["list", "-r", "127.0.0.1", "--port", "0"], "--port: port 0 is outside 1-65535", id="list"),
+        pytest.param(["attach", "-r", "::1", "-b", "1-1", "-p", "70000"], "port 70000 is outside 1-65535", id="attach"),
+        pytest.param(["list", "-r", "127.0.0.1", "--port", "http"], "--port: 'http' is not a port number", id="name"),
+    ],
+)
+def test_a_port_that_is_not_one_is_refused_as_a_usage_error(args: list[str], message: str) -> None:
+    # (getaddrinfo would quietly take 99999 for 34463.)
+    result = usbwire(*args, check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].endswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(
+            ["fleet", "list", "--fleet", "etcd://127.0.0.1:99999"], "bad etcd URL 'etcd://127.0.0.1:99999'", id="etcd"
+        ),
+        pytest.param(
+            ["serve", "--host", "127.0.0.1", "--port", "0", "--control", "none", "--fleet", "etcd://127.0.0.1:2379",
+             "--fleet-address", "10.0.0.1:99999"],
+            "bad fleet address '10.0.0.1:99999': port 99999 is outside 1-65535",
+            id="fleet-address",
+        ),
+        pytest.param(["serve", "--config", "CONFIG"], "server.port: port 70000 is outside 0-65535", id="config"),
+    ],
+)  # fmt: skip
+def test_a_port_out_of_range_elsewhere_is_one_error_line(args: list[str], message: str, tmp_path: Path) -> None:
+    config = tmp_path / "usbwire.toml"
+    config.write_text("[server]\nport = 70000\n")
+    result = usbwire(*[str(config) if arg == "CONFIG" else arg for arg in args], check=False)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("usbwire: error: ") and message in last, result.stderr
+    assert "Traceback" not in result.stderr

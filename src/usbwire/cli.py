@@ -23,6 +23,7 @@ from usbwire import (
     ServeOptions,
     UsbwireError,
 )
+from usbwire.config import port_number
 from usbwire.exports import RESCAN_INTERVAL_S
 
 PROG = "usbwire"
@@ -50,6 +51,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _listening_port(text: str) -> int:
+    try:
+        return port_number(text, listening=True)
+    except UsbwireError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _remote_port(text: str) -> int:
+    try:
+        return port_number(text, listening=False)
+    except UsbwireError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="USB devices shared over TCP/IP (USB/IP, Linux-compatible)."
@@ -73,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="address to listen on (repeatable; default: every IPv4 and IPv6 address)",
     )
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    serve.add_argument(
+        "--port", type=_listening_port, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: any free one)"
+    )
     serve.add_argument(
         "--demo", action="store_true", help="export the built-in demo devices (the default with no --export)"
     )
@@ -165,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     where = listing.add_mutually_exclusive_group(required=True)
     where.add_argument("-r", "--remote", metavar="HOST", help="list what server HOST exports")
     where.add_argument("-l", "--local", action="store_true", help="list this machine's USB devices")
-    listing.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    listing.add_argument("--port", type=_remote_port, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     _tls_arguments(listing)
     listing.set_defaults(run=_list)
@@ -191,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     attach.add_argument("-r", "--remote", required=True, metavar="HOST", help="server exporting the device")
     attach.add_argument("-b", "--busid", required=True, help="the device's busid on the server")
     attach.add_argument(
-        "-p", "--tcp-port", type=int, default=DEFAULT_PORT, help=f"server's TCP port (default {DEFAULT_PORT})"
+        "-p", "--tcp-port", type=_remote_port, default=DEFAULT_PORT, help=f"server's TCP port (default {DEFAULT_PORT})"
     )
     attach.add_argument(
         "--persist",

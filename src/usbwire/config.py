@@ -78,9 +78,14 @@ def load(path: str | Path) -> dict[str, Any]:
             liveness_timeout=float(server.get("liveness_timeout", defaults.liveness_timeout)),
         ),
     }
-    for key in ("port", "backend", "demo", "tls_cert", "tls_key", "client_ca", "user"):
+    for key in ("backend", "demo", "tls_cert", "tls_key", "client_ca", "user"):
         if key in server:
             options[key] = server[key]
+    if "port" in server:
+        try:
+            options["port"] = port_number(server["port"], listening=True)
+        except UsbwireError as error:
+            raise UsbwireError(f"{path}: server.port: {error}") from None
     if "rescan_interval" in server:
         options["rescan_interval"] = float(server["rescan_interval"])
     if "hosts" in server:
@@ -92,6 +97,19 @@ def load(path: str | Path) -> dict[str, Any]:
     if "fleet" in data:
         options["fleet"] = _fleet(data["fleet"], path)
     return options
+
+
+def port_number(value: object, *, listening: bool) -> int:
+    """A TCP port as a user gave it (command line or file). Without this check, 99999 would
+    quietly become 34463 on its way through getaddrinfo. 0, any free port, only to listen on."""
+    try:
+        port = int(str(value))
+    except ValueError:
+        raise UsbwireError(f"{value!r} is not a port number") from None
+    lowest = 0 if listening else 1
+    if not lowest <= port <= 65535:
+        raise UsbwireError(f"port {port} is outside {lowest}-65535")
+    return port
 
 
 def _fleet(table: dict[str, Any], path: str | Path) -> Any:

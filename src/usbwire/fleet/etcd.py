@@ -81,9 +81,13 @@ def parse_url(url: str) -> tuple[str, int]:
         FleetError: the URL has another scheme or no host.
     """
     parts = urlsplit(url)
+    try:
+        port = parts.port  # raises for a port outside 0-65535
+    except ValueError as error:
+        raise FleetError(f"bad etcd URL {url!r}: {error}") from None
     if parts.scheme not in ("etcd", "http") or not parts.hostname:
         raise FleetError(f"bad etcd URL {url!r} (etcd://HOST:PORT)")
-    return parts.hostname, parts.port or 2379
+    return parts.hostname, port or 2379
 
 
 class Etcd:

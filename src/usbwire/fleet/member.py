@@ -8,6 +8,8 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
+from usbwire.config import port_number
+from usbwire.errors import UsbwireError
 from usbwire.fleet import keys
 from usbwire.fleet.enforcement import Enforcement
 from usbwire.fleet.etcd import Etcd
@@ -68,6 +70,13 @@ class FleetMember:
         if options.ttl_s < 1:
             raise keys.FleetError("the fleet TTL is at least 1 s")
         address = options.address or _address(self.server)
+        host, colon, port = address.rpartition(":")
+        try:
+            if not (colon and host):
+                raise UsbwireError("not HOST:PORT")
+            port_number(port, listening=False)
+        except UsbwireError as error:
+            raise keys.FleetError(f"bad fleet address {address!r}: {error}") from None
         name = keys.check_name("server name", options.name or f"{socket.gethostname()}:{self.server.port}")
         # Requests must finish well within a TTL, or a slow etcd would let our lease lapse.
         self.etcd = Etcd(options.url, timeout_s=max(options.ttl_s / 3, 0.3))
