@@ -226,3 +226,25 @@ def test_a_port_out_of_range_elsewhere_is_one_error_line(args: list[str], messag
     last = result.stderr.splitlines()[-1]
     assert last.startswith("usbwire: error: ") and message in last, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--max-in-flight", "0"], "max-in-flight must be at least 1, not 0", id="in-flight"),
+        pytest.param(["--liveness-timeout", "0"], "liveness-timeout must be more than 0 seconds", id="liveness"),
+        pytest.param(["--resume-window", "-1"], "resume-window must be 0 seconds (no sessions) or more", id="window"),
+        pytest.param(["--config", "CONFIG"], "max-transfer must be at least 1, not 0", id="config"),
+    ],
+)
+def test_serve_refuses_limits_that_would_leave_it_useless(args: list[str], message: str, tmp_path: Path) -> None:
+    config = tmp_path / "usbwire.toml"
+    config.write_text("[server]\nmax_transfer = 0\n")
+    result = usbwire(
+        "serve", "--host", "127.0.0.1", "--port", "0", "--control", "none",
+        *[str(config) if arg == "CONFIG" else arg for arg in args], check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("usbwire: error: ") and message in last, result.stderr
+    assert "Traceback" not in result.stderr

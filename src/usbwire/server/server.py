@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from ssl import SSLContext
 from typing import Any
 
+from usbwire.errors import UsbwireError
 from usbwire.protocol.connection import DEFAULT_MAX_TRANSFER
 from usbwire.protocol.constants import DEFAULT_PORT
 from usbwire.protocol.session import DEAD_AFTER, DEFAULT_WINDOW
@@ -40,6 +41,18 @@ class Limits:
     # seconds of silence after which a session's link counts as dead.
     resume_window: float = DEFAULT_WINDOW
     liveness_timeout: float = DEAD_AFTER
+
+    def __post_init__(self) -> None:
+        # Each of these would leave the server up but useless (0 in flight: it never reads a
+        # URB; a 0 s liveness: every session link dead at once), so they are refused here.
+        for name in ("max_in_flight", "max_transfer", "max_connections_per_client"):
+            if getattr(self, name) < 1:
+                raise UsbwireError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        for name in ("request_timeout", "liveness_timeout"):
+            if not getattr(self, name) > 0:
+                raise UsbwireError(f"{name.replace('_', '-')} must be more than 0 seconds, not {getattr(self, name)}")
+        if not self.resume_window >= 0:
+            raise UsbwireError(f"resume-window must be 0 seconds (no sessions) or more, not {self.resume_window}")
 
 
 @dataclass(slots=True)
