@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -248,3 +249,14 @@ def test_serve_refuses_limits_that_would_leave_it_useless(args: list[str], messa
     last = result.stderr.splitlines()[-1]
     assert last.startswith("usbwire: error: ") and message in last, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_on_a_port_in_use_names_it_in_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = usbwire("serve", "--host", "127.0.0.1", "--port", str(port), "--control", "none", check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"usbwire: error: cannot listen on 127.0.0.1 port {port}: Address already in use"
+        " (is usbipd or another USB/IP server using it?)"
+    )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
+import os
 import socket
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
@@ -92,14 +94,17 @@ class Server:
             factory = functools.partial(UsbipProtocol, self)
         else:
             factory = functools.partial(BufferedUsbipProtocol, self, memoryview(bytearray(READ_SIZE)))
-        server = await loop.create_server(
-            factory,
-            host=host,
-            port=port,
-            reuse_address=True,
-            ssl=ssl,
-            ssl_handshake_timeout=10.0 if ssl else None,
-        )
+        try:
+            server = await loop.create_server(
+                factory,
+                host=host,
+                port=port,
+                reuse_address=True,
+                ssl=ssl,
+                ssl_handshake_timeout=10.0 if ssl else None,
+            )
+        except OSError as error:
+            raise UsbwireError(_cannot_listen(host, port, error)) from None
         self._servers.append(server)
         for sock in server.sockets:
             log.info("listening on %s", _address(sock))
@@ -185,3 +190,12 @@ def _address(sock: socket.socket) -> str:
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task failed: %r", task.exception())
+
+
+def _cannot_listen(host: str | Sequence[str] | None, port: int, error: OSError) -> str:
+    where = "every address" if host is None else host if isinstance(host, str) else ", ".join(host)
+    # asyncio words the bind error itself; the errno's own text is the part worth reading.
+    reason = os.strerror(error.errno) if error.errno and error.errno > 0 else error.strerror or str(error)
+    if error.errno == errno.EADDRINUSE:
+        reason += " (is usbipd or another USB/IP server using it?)"
+    return f"cannot listen on {where} port {port}: {reason}"
