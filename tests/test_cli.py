@@ -169,6 +169,9 @@ def test_serve_audio_adds_the_headset_whose_microphone_plays_the_chosen_tone(tmp
         pytest.param(["--mic-tone", "440"], "add --audio", id="tone-without-audio"),
         pytest.param(["--audio", "--mic-wav", "/nonexistent.wav"], "cannot play /nonexistent.wav", id="no-wav"),
         pytest.param(["--audio", "--mic-tone", "30000"], "outside", id="tone-too-high"),
+        pytest.param(
+            ["--audio", "--speaker-out", "/nonexistent/x.wav"], "cannot write /nonexistent/x.wav", id="no-directory"
+        ),
     ],
 )
 def test_serve_refuses_impossible_audio_in_one_line(args: list[str], message: str) -> None:
@@ -259,4 +262,17 @@ def test_serve_on_a_port_in_use_names_it_in_one_line() -> None:
     assert result.stderr.splitlines()[-1] == (
         f"usbwire: error: cannot listen on 127.0.0.1 port {port}: Address already in use"
         " (is usbipd or another USB/IP server using it?)"
+    )
+
+
+@pytest.mark.parametrize("option", ["--client-ca", "--tls-key"])
+def test_serve_refuses_tls_settings_without_a_certificate_rather_than_serve_in_the_clear(
+    option: str, tmp_path: Path
+) -> None:
+    pem = tmp_path / "some.pem"
+    pem.write_text("")
+    result = usbwire("serve", "--host", "127.0.0.1", "--port", "0", "--control", "none", option, str(pem), check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "usbwire: error: a client CA or a TLS key needs TLS: give --tls-cert (and --tls-key) too"
     )

@@ -91,6 +91,10 @@ def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
 
 
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
+    if (options.client_ca or options.tls_key) and not options.tls_cert:
+        # Serving in the clear while the user believes client certificates are checked would
+        # be worse than not starting.
+        raise UsbwireError("a client CA or a TLS key needs TLS: give --tls-cert (and --tls-key) too")
     # Opened first, so a missing WAV file fails before anything is exported.
     headset = options.audio.device() if options.audio is not None else None
     # First, so a webcam that cannot be (a mode the link cannot carry, a bad image) stops the start.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import logging
 import math
+import os
 import sys
 import wave
 from pathlib import Path
@@ -131,6 +132,13 @@ class WavSink:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        # The file is made when the host first plays (its rate is in the header); a path it
+        # could never be made at is said now, not in the log once a stream starts.
+        directory = self.path.parent
+        if not directory.is_dir():
+            raise UsbwireError(f"cannot write {path}: no directory {directory}")
+        if not os.access(directory, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+            raise UsbwireError(f"cannot write {path}: permission denied")
         self._wav: wave.Wave_write | None = None
         self._rate = 0
         self._pending = bytearray()
