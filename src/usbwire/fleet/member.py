@@ -70,10 +70,10 @@ class FleetMember:
         if options.ttl_s < 1:
             raise keys.FleetError("the fleet TTL is at least 1 s")
         address = options.address or _address(self.server)
-        host, colon, port = address.rpartition(":")
+        host, _, port = address.rpartition(":")
+        if not host:
+            raise keys.FleetError(f"bad fleet address {address!r} (HOST:PORT)")
         try:
-            if not (colon and host):
-                raise UsbwireError("not HOST:PORT")
             port_number(port, listening=False)
         except UsbwireError as error:
             raise keys.FleetError(f"bad fleet address {address!r}: {error}") from None
