@@ -18,8 +18,7 @@ from usbwire.devices.descriptors import Configuration, DeviceDescriptor, Endpoin
 from usbwire.devices.loopback import REQUEST_READ, REQUEST_WRITE, Loopback
 from usbwire.devices.requests import Setup
 from usbwire.errors import Stall
-from usbwire.protocol import Direction, Errno, ServerConnection, TransferType, UrbFlag
-from usbwire.server.dispatch import Dispatcher
+from usbwire.protocol import Direction, Errno, TransferType, UrbFlag
 
 GET_STATUS, GET_DESCRIPTOR, GET_CONFIGURATION, SET_CONFIGURATION = 0, 6, 8, 9
 BULK_OUT, BULK_IN = 0x01, 0x81
@@ -183,18 +182,14 @@ class Faulty(Streamer):
         return self.answer
 
 
-def dispatcher_for(device: Device) -> Dispatcher:
-    return Dispatcher(EmulatedExport(device, "9-3"), ServerConnection(), lambda data, payload=b"": None, lambda: None)
-
-
 def test_a_device_answering_more_than_was_asked_babbles() -> None:
-    fast = dispatcher_for(Faulty(bytes(9))).complete_now
+    fast = EmulatedExport(Faulty(bytes(9)), "9-3").complete_now
     assert fast(2, Direction.IN, 0, 8, bytes(8), b"") == (-Errno.EOVERFLOW, 0, b"")
 
 
 def test_a_device_failing_on_the_fast_path_fails_only_that_urb(caplog: pytest.LogCaptureFixture) -> None:
     device = Faulty(RuntimeError("sensor unplugged"))
-    fast = dispatcher_for(device).complete_now
+    fast = EmulatedExport(device, "9-3").complete_now
     assert fast(2, Direction.IN, 0, 8, bytes(8), b"") == (-Errno.EPROTO, 0, b"")
     assert "sensor unplugged" in caplog.text
     device.answer = b"ok"

@@ -141,6 +141,34 @@ def test_a_command_the_device_declines_waits_whole_for_next_event() -> None:
     assert server.outstanding == 1
 
 
+def test_a_command_behind_an_unanswered_one_of_its_endpoint_waits_for_it() -> None:
+    # Each endpoint completes in submission order: while the full path holds a command, the
+    # lane hands over the next ones for that endpoint and answers the other endpoints'.
+    server = imported_server()
+    server.receive_data(submit(5, ep=1, length=8))  # a bulk IN the device answers later
+    assert isinstance(next_received(server), CmdSubmit)
+    lane = server.fast_lane(device_answer)
+    out: list[bytes] = []
+    assert lane(submit(6, ep=1, direction=Direction.OUT, length=4) + submit(7), out) == 2
+    assert lane(submit(8, ep=1, length=8), out) == 0
+    behind = next_received(server)
+    assert isinstance(behind, CmdSubmit)
+    assert behind.seqnum == 8
+    assert [struct.unpack_from(">I", reply, 4)[0] for reply in out if len(reply) == 48] == [6, 7]
+
+
+def test_the_control_pipe_is_one_queue_for_both_directions() -> None:
+    server = imported_server()
+    server.receive_data(submit(1, transfer_flags=DECLINE))
+    assert isinstance(next_received(server), CmdSubmit)
+    lane = server.fast_lane(device_answer)
+    set_configuration = urb_header(devid=DEVID, ep=0, seqnum=2, direction=0, setup=setup_packet(0, 9, 1, 0, 0))
+    assert lane(set_configuration, []) == 0
+    behind = next_received(server)
+    assert isinstance(behind, CmdSubmit)
+    assert (behind.seqnum, behind.direction) == (2, Direction.OUT)
+
+
 def test_the_lane_stops_at_an_unlink_and_goes_on_after_it() -> None:
     server = imported_server()
     lane = server.fast_lane(descriptor)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from usbwire.backends.base import ExportedDevice, Urb, UrbResult
 from usbwire.devices.base import Device, endpoint_type
 from usbwire.devices.requests import Setup
@@ -12,6 +14,10 @@ from usbwire.protocol.pdu import DeviceInfo, InterfaceInfo
 
 _EPIPE = UrbResult(status=-Errno.EPIPE)
 _STALLED = (-Errno.EPIPE, 0, b"")
+_FAILED = (-Errno.EPROTO, 0, b"")
+_BABBLE = (-Errno.EOVERFLOW, 0, b"")
+
+log = logging.getLogger("usbwire.server")
 
 
 class EmulatedExport(ExportedDevice):
@@ -94,13 +100,21 @@ class EmulatedExport(ExportedDevice):
                 answer = device.transfer_now(ep | direction << 7, data, length)
         except Stall:
             return _STALLED
+        except Exception as error:
+            # A bug in the device fails its URB, as in submit(); the connection lives on.
+            log.error("device %s failed a URB on endpoint %d: %r", self.busid, ep, error)
+            return _FAILED
         if answer is None:
             return None
         if not direction:
             return 0, length, b""
-        if len(answer) < length and flags & UrbFlag.SHORT_NOT_OK:
-            return -Errno.EREMOTEIO, len(answer), answer
-        return 0, len(answer), answer
+        actual = len(answer)
+        if actual < length:
+            if flags & UrbFlag.SHORT_NOT_OK:
+                return -Errno.EREMOTEIO, actual, answer
+        elif actual > length:
+            return _BABBLE  # a device answering more than was asked
+        return 0, actual, answer
 
     async def reset(self) -> None:
         self.device.reset()

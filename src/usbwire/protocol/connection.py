@@ -350,13 +350,14 @@ class ServerConnection(Connection):
         and its IN data right behind it, to the list and returns how many it answered.
 
         It hands over to :meth:`next_event`, moving the rest into the buffer, at the first PDU
-        that is not a CMD_SUBMIT passing every check of the full reader, and at the first one
-        ``complete`` declines. It reads every command as a plain one: ``complete`` must decline
-        isochronous endpoints (whose PDUs carry packet descriptors). What it has not answered
-        otherwise (a command still arriving, or those past ``most``) it holds where the bytes
-        arrived, for its next call; :attr:`held` counts them. No event object is made, nothing
-        is looked up twice and a payload is copied once, which is what lets a Python server
-        keep up with the wire.
+        that is not a CMD_SUBMIT passing every check of the full reader, at the first one for
+        an endpoint with an earlier command still unanswered (each endpoint completes in
+        order), and at the first one ``complete`` declines. It reads every command as a plain
+        one: ``complete`` must decline isochronous endpoints (whose PDUs carry packet
+        descriptors). What it has not answered otherwise (a command still arriving, or those
+        past ``most``) it holds where the bytes arrived, for its next call; :attr:`held` counts
+        them. No event object is made, nothing is looked up twice and a payload is copied
+        once, which is what lets a Python server keep up with the wire.
         """
         if self.state is not State.URB or self.devid is None:
             raise LocalProtocolError("the fast lane is for the URB phase", field="state", value=self.state.name)
@@ -390,6 +391,8 @@ class ServerConnection(Connection):
                         return answered, True  # next_event reads it, and names what is wrong
                     if ep == 0 and (setup[6] | setup[7] << 8 != length or (length and setup[0] >> 7 != direction)):
                         return answered, True  # a setup packet disagreeing with the URB: the same
+                    if outstanding and _endpoint_busy(outstanding, ep, direction):
+                        return answered, True  # an earlier command of its endpoint waits: behind it
                     if direction:
                         data_end = position + URB_HEADER_SIZE
                         result = complete(ep, direction, flags, length, setup, b"")
@@ -522,6 +525,14 @@ class ServerConnection(Connection):
 
 def _check_sizes(request: CmdSubmit, actual_length: int, data: bytes) -> None:
     _check_answer_sizes(request.transfer_buffer_length, request.direction, actual_length, data)
+
+
+def _endpoint_busy(outstanding: dict[int, CmdSubmit], ep: int, direction: int) -> bool:
+    """Whether a command for ``ep`` in ``direction`` is among ``outstanding`` (endpoint 0, the
+    control pipe, is one queue for both directions)."""
+    if ep == 0:
+        return any(request.ep == 0 for request in outstanding.values())
+    return any(request.ep == ep and request.direction == direction for request in outstanding.values())
 
 
 def _check_answer_sizes(buffer_length: int, direction: int, actual_length: int, data: bytes) -> None:

@@ -98,6 +98,7 @@ class UsbipProtocol(asyncio.Protocol):
         # The connection's fast lane while URBs of a plain import may take it.
         self._fast: FastLane | None = None
         self._depth = 0  # see data_received
+        self._lane_urbs = 0  # answered by the fast lane (the dispatcher counts the rest)
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -167,6 +168,7 @@ class UsbipProtocol(asyncio.Protocol):
                 if not made:
                     break
                 answered += made
+            self._lane_urbs += answered
             self.server.stats.replies += answered
         else:
             drained = conn.drained
@@ -253,7 +255,9 @@ class UsbipProtocol(asyncio.Protocol):
                 break  # the rest waits in the buffer; frames (pings, acks) are still read
             try:
                 if self._fast is not None:
-                    self.server.stats.replies += self._fast(b"", self._out)
+                    made = self._fast(b"", self._out)
+                    self._lane_urbs += made
+                    self.server.stats.replies += made
                 event = conn.next_event()
                 if type(event) is CmdSubmit:
                     self.dispatcher.submit(event)  # type: ignore[union-attr]
@@ -467,7 +471,7 @@ class UsbipProtocol(asyncio.Protocol):
             assert self.transport is not None
             self.session.start(self.transport)
         elif device.completes_at_once:
-            self._fast = self.conn.fast_lane(self.dispatcher.complete_now)
+            self._fast = self.conn.fast_lane(device.complete_now)
         self._process()  # URBs may already be waiting in the buffer
 
     def _as_requested(self, info: DeviceInfo) -> DeviceInfo:
@@ -622,7 +626,7 @@ class UsbipProtocol(asyncio.Protocol):
             "peer": self.peer,
             "busid": self.busid,
             "state": state,
-            "urbs": self.dispatcher.urbs if self.dispatcher else 0,
+            "urbs": self._lane_urbs + (self.dispatcher.urbs if self.dispatcher else 0),
             "in_flight": self.dispatcher.in_flight if self.dispatcher else 0,
         }
 

@@ -5,6 +5,10 @@ another endpoint and transfers on one endpoint complete in submission order, as 
 bus. A head runs *eagerly*: its coroutine starts inline and, if it finishes without
 suspending (the common case for emulated devices), the reply is produced without creating a
 Task. Only a transfer that really waits gets a Task, which UNLINK can cancel.
+
+Most transfers an emulated device completes at once never come here: the connection's fast
+lane answers them straight from the bytes, and leaves to the dispatcher every command for an
+endpoint that has URBs here, so the order holds across both.
 """
 
 from __future__ import annotations
@@ -19,15 +23,13 @@ from typing import Any, Protocol
 
 from usbwire.backends.base import ExportedDevice, Urb, UrbResult
 from usbwire.errors import RemoteProtocolError
-from usbwire.protocol.connection import Completed, ServerConnection
+from usbwire.protocol.connection import ServerConnection
 from usbwire.protocol.constants import Direction, Errno, TransferType
 from usbwire.protocol.pdu import CmdSubmit, CmdUnlink, IsoPacket, RetSubmit, RetUnlink
 
 log = logging.getLogger("usbwire.server")
 
 _STALL = UrbResult(status=-Errno.EPIPE)
-_FAILED = (-Errno.EPROTO, 0, b"")
-_BABBLE = (-Errno.EOVERFLOW, 0, b"")
 
 
 @types.coroutine
@@ -92,24 +94,6 @@ class Dispatcher:
         queue.append(cmd)
         if len(queue) == 1:
             self._run(key, queue)
-
-    def complete_now(self, ep: int, direction: int, flags: int, length: int, setup: bytes, data: bytes) -> Completed:
-        """The fast lane's handler (``ServerConnection.fast_lane``): a transfer the device completes
-        at once, answered without a queue, an event or a coroutine. Declined (None) while
-        earlier URBs of the endpoint wait, so that each endpoint keeps its order."""
-        if self._endpoint_of and self._queues.get(ep if ep == 0 else ep | direction << 7):
-            return None  # (nothing in flight, the usual case, needs no lookup)
-        try:
-            result = self.device.complete_now(ep, direction, flags, length, setup, data)
-        except Exception as error:
-            log.error("device %s failed a URB on endpoint %d: %r", self.device.info.busid, ep, error)
-            result = _FAILED
-        if result is None:
-            return None
-        self.urbs += 1
-        if result[1] > length:
-            return _BABBLE  # a device answering more than was asked
-        return result
 
     def unlink(self, cmd: CmdUnlink) -> None:
         """Cancel ``cmd.unlink_seqnum``; raises RemoteProtocolError if ``cmd.seqnum`` is in use."""
