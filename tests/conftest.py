@@ -62,9 +62,11 @@ def start_server(
     policy: AccessPolicy | None = None,
     ssl: SSLContext | None = None,
     port: int = 0,
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
 ) -> Generator[RunningServer, None, None]:
-    """Run a server on 127.0.0.1 (``port``, 0: any) exporting the demo devices, then ``extra_exports``."""
-    loop = asyncio.new_event_loop()
+    """Run a server on 127.0.0.1 (``port``, 0: any) exporting the demo devices, then
+    ``extra_exports``, on a loop ``new_loop`` makes (asyncio's own unless told)."""
+    loop = new_loop()
     thread = threading.Thread(target=loop.run_forever, name="usbwire-server", daemon=True)
     thread.start()
     server = Server(limits=limits or Limits(), policy=policy or AccessPolicy())

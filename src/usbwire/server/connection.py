@@ -63,6 +63,10 @@ REPLY_GROUP = 12
 SHALLOW = 8 * 16  # (in 16ths)
 # ... and reads smaller than this (big transfers are throughput-bound: grouped).
 BIG_READ = 32 * 1024
+# Reads made right after answering (see _read_ahead) before the loop's other work has a turn.
+READ_AHEAD_MOST = 16
+# After a read ahead finds nothing, that many reads (doubling per miss, up to this) go without.
+READ_AHEAD_BACKOFF = 64
 
 
 class UsbipProtocol(asyncio.Protocol):
@@ -99,6 +103,11 @@ class UsbipProtocol(asyncio.Protocol):
         self._fast: FastLane | None = None
         self._depth = 0  # see data_received
         self._lane_urbs = 0  # answered by the fast lane (the dispatcher counts the rest)
+        # The socket's descriptor while the fast lane may read ahead on it (-1: it may not).
+        self._read_ahead_fd = -1
+        self._read_ahead_skip = 0
+        self._read_ahead_backoff = 0
+        self._read_error: OSError | None = None  # what a read ahead found instead of bytes
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -127,7 +136,11 @@ class UsbipProtocol(asyncio.Protocol):
         fast = self._fast
         if fast is None:
             self._receive(data)
-            return
+        elif self._answer_fast(fast, data) and self._read_ahead_fd >= 0:
+            self._read_ahead(fast)
+
+    def _answer_fast(self, fast: FastLane, data: bytes) -> bool:
+        """Whether every byte was answered."""
         # The URB phase of a plain import: answer here what the device completes at once.
         # What the fast lane hands over (a URB that waits, an UNLINK, a bad PDU) goes on to
         # _process; what it holds (a command whose OUT data is still arriving) waits for the
@@ -176,6 +189,46 @@ class UsbipProtocol(asyncio.Protocol):
         self._depth = (self._depth * 3 + answered * 16) >> 2
         if not drained and conn.buffered > conn.held:
             self._process()  # handed over: a URB that waits, an UNLINK, a bad PDU
+        return drained
+
+    def _read_ahead(self, fast: FastLane) -> None:
+        """Read the client's next commands now, without going back to the event loop.
+
+        Writing a reply wakes the client; sharing our core, it runs at once, before our write
+        even returns, and has its next command sent by the time we run again. Going back
+        through the loop to learn that costs more than the command itself: the socket's
+        descriptor is read here instead, into the server's read buffer, a few times before
+        the loop's other work has its turn. A client elsewhere has rarely answered yet: each
+        read that finds nothing doubles the number of callbacks that go without one, so that
+        such a client costs a failed read now and then, not one per URB. TLS is never read
+        past its transport: only plain sockets get here.
+        """
+        if self._read_ahead_skip:
+            self._read_ahead_skip -= 1
+            return
+        buffer = self.server.read_buffer
+        into = [buffer]
+        for _ in range(READ_AHEAD_MOST):
+            try:
+                size = os.readv(self._read_ahead_fd, into)
+            except BlockingIOError:
+                self._read_ahead_backoff = min(self._read_ahead_backoff * 2 or 1, READ_AHEAD_BACKOFF)
+                self._read_ahead_skip = self._read_ahead_backoff
+                return
+            except OSError as error:
+                # Taken from the socket by this read, the error would not reach the transport:
+                # the connection ends with it here.
+                self._read_error = error
+                assert self.transport is not None
+                self.transport.abort()
+                return
+            self._read_ahead_backoff = 0
+            if not size:
+                return  # the client closed its end: the transport reads that again and ends us
+            if not self._answer_fast(fast, buffer[:size].tobytes()) or self._fast is None or self._reading_paused:
+                return
+            if self.transport is None or self.transport.is_closing():
+                return  # a reply could not be written: the client is gone
 
     def _receive(self, data: bytes) -> None:
         """Bytes outside the fast lane (handshake, sessions, devices that answer later): through
@@ -209,6 +262,7 @@ class UsbipProtocol(asyncio.Protocol):
             self._abort(f"no request within {self.server.limits.request_timeout:g} s")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        exc = exc or self._read_error
         self._closing = True
         self._fast = None
         if self._request_timer is not None:
@@ -472,6 +526,8 @@ class UsbipProtocol(asyncio.Protocol):
             self.session.start(self.transport)
         elif device.completes_at_once:
             self._fast = self.conn.fast_lane(device.complete_now)
+            assert self.transport is not None
+            self._read_ahead_fd = _plain_socket_fd(self.transport)
         self._process()  # URBs may already be waiting in the buffer
 
     def _as_requested(self, info: DeviceInfo) -> DeviceInfo:
@@ -652,6 +708,15 @@ def _peer_gone(sock: socket.socket) -> bool:
         return True
 
 
+def _plain_socket_fd(transport: asyncio.Transport) -> int:
+    """The descriptor of the socket under ``transport`` if its bytes are the client's own
+    (no TLS in between), else -1."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.get_extra_info("ssl_object") is not None:
+        return -1
+    return int(sock.fileno())
+
+
 def _is_iso(device: ExportedDevice, ep: int, direction: Direction) -> bool:
     return device.endpoint_type(ep, direction) == TransferType.ISOCHRONOUS
 
@@ -659,18 +724,14 @@ def _is_iso(device: ExportedDevice, ep: int, direction: Direction) -> bool:
 class BufferedUsbipProtocol(UsbipProtocol, asyncio.BufferedProtocol):
     """UsbipProtocol for asyncio's own event loop, whose transport gives a plain protocol a
     new 256 KiB bytes object for every read (allocated, its pages faulted in, shrunk, freed):
-    reads land in one kept buffer instead and what arrived is copied out, as uvloop does
-    inside. The buffer can be shared by every connection of a loop, as it is emptied at once."""
-
-    def __init__(self, server: Server, buffer: memoryview) -> None:
-        super().__init__(server)
-        self._buffer = buffer
+    reads land in the server's read buffer instead and what arrived is copied out, as uvloop
+    does inside."""
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer
+        return self.server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._buffer[:nbytes].tobytes())
+        self.data_received(self.server.read_buffer[:nbytes].tobytes())
 
 
 def _format_peer(peer: object) -> str:

@@ -79,6 +79,9 @@ class Server:
         self._connections: set[UsbipProtocol] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self.sessions = Sessions()
+        # Where the connections' reads land when the server makes them (asyncio's loop, and a
+        # fast lane reading ahead): shared, as what arrives is copied out at once.
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
 
     async def start(
         self,
@@ -93,7 +96,7 @@ class Server:
             # uvloop reads into a buffer of its own and makes bytes of exactly what arrived.
             factory = functools.partial(UsbipProtocol, self)
         else:
-            factory = functools.partial(BufferedUsbipProtocol, self, memoryview(bytearray(READ_SIZE)))
+            factory = functools.partial(BufferedUsbipProtocol, self)
         try:
             server = await loop.create_server(
                 factory,
