@@ -5,6 +5,8 @@ URB phase of a plain import the bytes first pass the connection's fast lane, whi
 transfers the device completes at once without making events; whatever it leaves (a transfer
 that must wait, an UNLINK, a malformed PDU) goes the full way. Replies leave in few writes: the
 first of a burst alone, the rest together (the fast lane paces them by the client's depth).
+Having answered, the fast lane reads the client's next commands itself while they are there
+(``_read_ahead``), sparing a trip through the event loop per URB.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ SHALLOW = 8 * 16  # (in 16ths)
 BIG_READ = 32 * 1024
 # Reads made right after answering (see _read_ahead) before the loop's other work has a turn.
 READ_AHEAD_MOST = 16
+# Bytes each of them may bring: at most glibc's threshold for serving an allocation from mmap,
+# so that the bytes object os.read makes is not a fresh mapping every time.
+READ_AHEAD_SIZE = 64 * 1024
 # After a read ahead finds nothing, that many reads (doubling per miss, up to this) go without.
 READ_AHEAD_BACKOFF = 64
 
@@ -197,8 +202,8 @@ class UsbipProtocol(asyncio.Protocol):
         Writing a reply wakes the client; sharing our core, it runs at once, before our write
         even returns, and has its next command sent by the time we run again. Going back
         through the loop to learn that costs more than the command itself: the socket's
-        descriptor is read here instead, into the server's read buffer, a few times before
-        the loop's other work has its turn. A client elsewhere has rarely answered yet: each
+        descriptor is read here instead, a few times before the loop's other work has its
+        turn. A client elsewhere has rarely answered yet: each
         read that finds nothing doubles the number of callbacks that go without one, so that
         such a client costs a failed read now and then, not one per URB. TLS is never read
         past its transport: only plain sockets get here.
@@ -206,11 +211,9 @@ class UsbipProtocol(asyncio.Protocol):
         if self._read_ahead_skip:
             self._read_ahead_skip -= 1
             return
-        buffer = self.server.read_buffer
-        into = [buffer]
         for _ in range(READ_AHEAD_MOST):
             try:
-                size = os.readv(self._read_ahead_fd, into)
+                data = os.read(self._read_ahead_fd, READ_AHEAD_SIZE)
             except BlockingIOError:
                 self._read_ahead_backoff = min(self._read_ahead_backoff * 2 or 1, READ_AHEAD_BACKOFF)
                 self._read_ahead_skip = self._read_ahead_backoff
@@ -223,9 +226,9 @@ class UsbipProtocol(asyncio.Protocol):
                 self.transport.abort()
                 return
             self._read_ahead_backoff = 0
-            if not size:
+            if not data:
                 return  # the client closed its end: the transport reads that again and ends us
-            if not self._answer_fast(fast, buffer[:size].tobytes()) or self._fast is None or self._reading_paused:
+            if not self._answer_fast(fast, data) or self._fast is None or self._reading_paused:
                 return
             if self.transport is None or self.transport.is_closing():
                 return  # a reply could not be written: the client is gone
