@@ -79,8 +79,8 @@ class Server:
         self._connections: set[UsbipProtocol] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self.sessions = Sessions()
-        # Where the connections' reads land under asyncio's loop (BufferedUsbipProtocol): shared,
-        # as what arrives is copied out at once.
+        # Where the connections' reads land when the server makes them (asyncio's loop, and a
+        # fast lane reading ahead): shared, as what arrives is copied out at once.
         self.read_buffer = memoryview(bytearray(READ_SIZE))
 
     async def start(
