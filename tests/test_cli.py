@@ -265,6 +265,15 @@ def test_serve_on_a_port_in_use_names_it_in_one_line() -> None:
     )
 
 
+@pytest.mark.parametrize("command", [["list", "-r", "127.0.0.1"], ["attach", "-r", "127.0.0.1", "-b", "1-1"]])
+def test_a_client_key_without_its_certificate_is_refused_not_ignored(command: list[str], tmp_path: Path) -> None:
+    key = tmp_path / "client.key"
+    key.write_text("")
+    result = usbwire(*command, "--key", str(key), check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == "usbwire: error: --key is the client certificate's key: give --cert too"
+
+
 @pytest.mark.parametrize("option", ["--client-ca", "--tls-key"])
 def test_serve_refuses_tls_settings_without_a_certificate_rather_than_serve_in_the_clear(
     option: str, tmp_path: Path

@@ -361,6 +361,10 @@ def _tls_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _client_tls(args: argparse.Namespace) -> SSLContext | None:
+    if args.key and not args.cert:
+        # Quietly connecting without the certificate the user meant to present (or in the
+        # clear) would only show up as a refusal from the server.
+        raise usbwire.UsbwireError("--key is the client certificate's key: give --cert too")
     if not (args.tls or args.ca or args.cert):
         return None
     return usbwire.client_tls_context(args.ca, args.cert, args.key)
