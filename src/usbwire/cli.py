@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ssl import SSLContext
 from typing import Any
 
@@ -51,18 +51,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _listening_port(text: str) -> int:
-    try:
-        return port_number(text, listening=True)
-    except UsbwireError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def _port_type(*, listening: bool) -> Callable[[str], int]:
+    """An argparse type for a TCP port (0, any free port, only to listen on)."""
+
+    def port(text: str) -> int:
+        try:
+            return port_number(text, listening=listening)
+        except UsbwireError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return port
 
 
-def _remote_port(text: str) -> int:
-    try:
-        return port_number(text, listening=False)
-    except UsbwireError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+_listening_port = _port_type(listening=True)
+_remote_port = _port_type(listening=False)
 
 
 def _parser() -> argparse.ArgumentParser:

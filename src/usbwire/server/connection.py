@@ -58,7 +58,7 @@ log = logging.getLogger("usbwire.server")
 READ_SIZE = 256 * 1024
 # Seconds between checks that a client we stopped reading from is still there.
 LIVENESS_PERIOD = 1.0
-# How the fast lane's answers leave (UsbipProtocol.data_received). Replies written together
+# How the fast lane's answers leave (UsbipProtocol._answer_fast). Replies written together
 # to a client with many URBs in flight: 8 to 16 all did well in bench/, 12 best of both.
 REPLY_GROUP = 12
 # A client answered one reply per write: fewer answers per read than this, on average...
@@ -103,7 +103,7 @@ class UsbipProtocol(asyncio.Protocol):
         self._process_scheduled = False
         # The connection's fast lane while URBs of a plain import may take it.
         self._fast: FastLane | None = None
-        self._depth = 0  # see data_received
+        self._depth = 0  # see _answer_fast
         self._lane_urbs = 0  # answered by the fast lane (the dispatcher counts the rest)
         # The socket's descriptor while the fast lane may read ahead on it (-1: it may not).
         self._read_ahead_fd = -1
