@@ -18,6 +18,7 @@ from bench._registry import SECTIONS, Context, Options
 from bench._report import format_goals, format_section, load_average, to_json
 from bench._servers import (
     C_SERVER,
+    LEAN_PYTHON,
     USBWIRE_ASYNCIO,
     USBWIRE_UVLOOP,
     RunningServer,
@@ -27,7 +28,7 @@ from bench._servers import (
     usbip_spec,
 )
 
-SERVER_KEYS = ("c", "usbwire-asyncio", "usbwire-uvloop", "usbip")
+SERVER_KEYS = ("c", "usbwire-asyncio", "usbwire-uvloop", "usbip", "lean-python")
 LOAD_WARNING = 0.5
 
 
@@ -99,7 +100,7 @@ def _options(args: argparse.Namespace) -> Options:
 
 
 def _specs(keys: Sequence[str], install: bool, log: list[str]) -> list[ServerSpec]:
-    known = {"c": C_SERVER, "usbwire-asyncio": USBWIRE_ASYNCIO, "usbwire-uvloop": USBWIRE_UVLOOP}
+    known = {s.key: s for s in (C_SERVER, USBWIRE_ASYNCIO, USBWIRE_UVLOOP, LEAN_PYTHON)}
     specs: list[ServerSpec] = []
     for key in keys:
         if key == "usbip":

@@ -36,7 +36,8 @@ def measure(
     Args:
         ctx: the run.
         server: the server measured.
-        row: where the sample goes (a server listed in ``row.unavailable`` is skipped).
+        row: where the sample goes (a server listed in ``row.unavailable``, or whose spec
+            leaves the row out, is skipped).
         load: what the load generator does.
         busids: the devices to import, one connection each.
         value: which result field is the row's value (``urbs_per_s``, ``mb_per_s`` or
@@ -48,6 +49,8 @@ def measure(
     """
     key = server.spec.key
     if key in row.unavailable:
+        return None
+    if server.spec.rows is not None and row.key not in server.spec.rows:
         return None
     if row.key in server.spec.limits:
         row.unavailable[key] = server.spec.limits[row.key]

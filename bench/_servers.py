@@ -54,6 +54,7 @@ class ServerSpec:
         kind: ``c``, ``usbwire`` or ``usbip``: how to start it and give it devices.
         loop: usbwire's ``--loop``.
         limits: rows this server cannot run, each with the reason (row key -> reason).
+        rows: the only rows it runs, when not all (the others show ``-``, without a reason).
     """
 
     key: str
@@ -61,11 +62,17 @@ class ServerSpec:
     kind: str
     loop: str = ""
     limits: dict[str, str] = field(default_factory=dict)
+    rows: frozenset[str] | None = None
 
 
 C_SERVER = ServerSpec("c", "C echo (limit)", "c")
 USBWIRE_ASYNCIO = ServerSpec("usbwire-asyncio", "usbwire asyncio", "usbwire", loop="asyncio")
 USBWIRE_UVLOOP = ServerSpec("usbwire-uvloop", "usbwire uvloop", "usbwire", loop="uvloop")
+# Not a peer: the least a Python asyncio server can do per URB (bench/_lean_server.py), to
+# show in the same run how much of the gap to C is the interpreter's. Only on the rows that
+# measure the cost of one URB: with many in flight or big transfers it is no floor (it neither
+# paces its writes nor avoids copies), and usbwire beats it.
+LEAN_PYTHON = ServerSpec("lean-python", "lean Python (uvloop)", "lean", rows=frozenset({"ctrl-1", "bulk-1", "cpu"}))
 
 
 def usbip_spec() -> ServerSpec:
@@ -142,6 +149,8 @@ class RunningServer:
         if kind == "usbwire":
             control = str(self._control) if self.scale_devices else "none"
             return [sys.executable, *usbwire_serve_args(self.spec.loop, control)]
+        if kind == "lean":
+            return [sys.executable, "-m", "bench._lean_server", "--host", HOST, "--port", "0"]
         if kind == "usbip":
             return [
                 sys.executable,

@@ -1,4 +1,5 @@
-"""The benchmark builds and runs: the C reference server answers the C load generator.
+"""The benchmark builds and runs: the C reference server and the lean Python one answer the C
+load generator.
 
 A fraction of a second of load, so CI proves ``bench/`` still compiles and measures; the
 figures themselves come from ``./run bench``.
@@ -11,6 +12,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import pytest
 from bench._build import Binaries, build
 from bench._cli import main as bench_main
 from bench._loadgen import Load, Target, run_load
+from bench._model import Row, Sample, SectionResult
+from bench._wire import lean_note
 
 if shutil.which("gcc") is None and os.environ.get("CI") != "true":
     pytest.skip("gcc is not installed (apt-get install gcc libc6-dev)", allow_module_level=True)
@@ -31,11 +35,16 @@ def binaries(tmp_path_factory: pytest.TempPathFactory) -> Binaries:
 
 @pytest.fixture
 def echo_port(binaries: Binaries) -> Iterator[int]:
-    server = subprocess.Popen(
-        [str(binaries.echo_server), "--host", "127.0.0.1", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    yield from _listening([str(binaries.echo_server), "--host", "127.0.0.1", "--port", "0"])
+
+
+@pytest.fixture
+def lean_port() -> Iterator[int]:
+    yield from _listening([sys.executable, "-m", "bench._lean_server", "--host", "127.0.0.1", "--port", "0"])
+
+
+def _listening(argv: list[str]) -> Iterator[int]:
+    server = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stderr is not None
         line = server.stderr.readline()
@@ -85,3 +94,53 @@ def test_bench_list_shows_registered_sections(capsys: pytest.CaptureFixture[str]
     listed = capsys.readouterr().out
     assert "wire" in listed
     assert "soak" in listed
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        pytest.param(Load("ctrl", 1, warmup_s=0.05, duration_s=0.2), id="control-1-in-flight"),
+        pytest.param(Load("bulk", 1, size=64, warmup_s=0.05, duration_s=0.2), id="bulk-1-in-flight"),
+        pytest.param(Load("ctrl", 64, batch=32, warmup_s=0.05, duration_s=0.2), id="control-32-per-write"),
+        pytest.param(Load("bulk", 8, size=16384, warmup_s=0.05, duration_s=0.2), id="bulk-16k-split-reads"),
+    ],
+)
+def test_lean_python_server_answers_the_rows_it_runs_without_errors(
+    binaries: Binaries, lean_port: int, load: Load
+) -> None:
+    # The load generator checks every reply (status, length, descriptor, loopback order), so
+    # the lean server's figures are of a server doing the same work as the C one.
+    result = run_load(binaries.loadgen, [Target("127.0.0.1", lean_port, "2-7")], load, timeout_s=10)
+
+    assert result["urbs"] > 0
+    assert result["errors"] == 0
+
+
+def _rate_row(key: str, c: float, lean: float, higher_is_better: bool = True) -> Row:
+    row = Row(key, key, "URB/s", "", higher_is_better)
+    row.add("c", Sample(c))
+    row.add("lean-python", Sample(lean))
+    return row
+
+
+def test_lean_note_names_the_goals_the_lean_server_misses_itself() -> None:
+    result = SectionResult("wire", "")
+    result.rows = [
+        _rate_row("ctrl-1", 100.0, 70.0),  # 0.70x: misses >= 0.80x
+        _rate_row("bulk-1", 100.0, 85.0),  # 0.85x: holds
+        _rate_row("cpu", 2.0, 1.0, higher_is_better=False),  # 0.50x: holds <= 0.60x
+    ]
+
+    note = lean_note(result)
+
+    assert "ctrl-1 0.70x, bulk-1 0.85x, cpu 0.50x" in note
+    assert "It misses ctrl-1 (>= 0.80x) itself" in note
+    assert "bulk-1 (" not in note and "cpu (" not in note
+
+
+def test_lean_note_claims_nothing_when_the_lean_server_meets_every_goal() -> None:
+    result = SectionResult("wire", "")
+    result.rows = [_rate_row("ctrl-1", 100.0, 90.0), _rate_row("bulk-1", 100.0, 81.0)]
+    result.rows.append(_rate_row("cpu", 2.0, 1.1, higher_is_better=False))
+
+    assert "misses" not in lean_note(result)
