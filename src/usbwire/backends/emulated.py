@@ -16,6 +16,10 @@ _EPIPE = UrbResult(status=-Errno.EPIPE)
 _STALLED = (-Errno.EPIPE, 0, b"")
 _FAILED = (-Errno.EPROTO, 0, b"")
 _BABBLE = (-Errno.EOVERFLOW, 0, b"")
+# Enum members the per-URB paths use, as module globals: looking one up on its class costs
+# ~70 ns on Python 3.11, several times a URB.
+_CONTROL, _ISOCHRONOUS = TransferType.CONTROL, TransferType.ISOCHRONOUS
+_OUT, _SHORT_NOT_OK = Direction.OUT, UrbFlag.SHORT_NOT_OK
 
 log = logging.getLogger("usbwire.server")
 
@@ -68,13 +72,13 @@ class EmulatedExport(ExportedDevice):
 
     async def submit(self, urb: Urb) -> UrbResult:
         try:
-            if urb.transfer_type == TransferType.CONTROL:
+            if urb.transfer_type == _CONTROL:
                 data = await self.device.control(Setup.from_bytes(urb.setup), urb.data)
             else:
                 endpoint = self.device.endpoint(urb.ep, urb.direction)
                 if endpoint is None:
                     return _EPIPE
-                if endpoint.transfer == TransferType.ISOCHRONOUS:
+                if endpoint.transfer == _ISOCHRONOUS:
                     done = await self.device.isochronous(endpoint, urb.data, urb.iso_packets)
                     return UrbResult(
                         data=done.data,
@@ -85,9 +89,9 @@ class EmulatedExport(ExportedDevice):
                 data = await self.device.transfer(endpoint, urb.data, urb.length)
         except Stall:
             return _EPIPE
-        if urb.direction == Direction.OUT:
+        if urb.direction == _OUT:
             return UrbResult(actual_length=urb.length)
-        if len(data) < urb.length and urb.flags & UrbFlag.SHORT_NOT_OK:
+        if len(data) < urb.length and urb.flags & _SHORT_NOT_OK:
             return UrbResult(status=-Errno.EREMOTEIO, data=data)
         return UrbResult(data=data)
 
@@ -110,7 +114,7 @@ class EmulatedExport(ExportedDevice):
             return 0, length, b""
         actual = len(answer)
         if actual < length:
-            if flags & UrbFlag.SHORT_NOT_OK:
+            if flags & _SHORT_NOT_OK:
                 return -Errno.EREMOTEIO, actual, answer
         elif actual > length:
             return _BABBLE  # a device answering more than was asked

@@ -377,10 +377,21 @@ def _encode_iso(packets: tuple[IsoPacket, ...]) -> bytes:
     return b"".join(pack(p.offset, p.length, p.actual_length, p.status) for p in packets)
 
 
+# The URB phase's enum members, as module globals: each is used once or more a URB, and
+# looking an enum member up on its class costs ~70 ns on Python 3.11.
+_CMD_SUBMIT, _RET_SUBMIT, _CMD_UNLINK, _RET_UNLINK = (
+    Command.CMD_SUBMIT,
+    Command.RET_SUBMIT,
+    Command.CMD_UNLINK,
+    Command.RET_UNLINK,
+)
+_OUT, _IN = Direction.OUT, Direction.IN
+
+
 def encode_cmd_submit(cmd: CmdSubmit) -> bytes:
     flags = cmd.transfer_flags
     header = CMD_SUBMIT.pack(
-        Command.CMD_SUBMIT,
+        _CMD_SUBMIT,
         cmd.seqnum,
         cmd.devid,
         cmd.direction,
@@ -410,17 +421,15 @@ def encode_ret_submit_header(
     seqnum: int, status: int, actual: int, start_frame: int, number_of_packets: int, error_count: int
 ) -> bytes:
     """The 48-byte RET_SUBMIT header from its fields (the server's hot path builds no event)."""
-    return RET_SUBMIT.pack(
-        Command.RET_SUBMIT, seqnum, 0, 0, 0, status, actual, start_frame, number_of_packets, error_count
-    )
+    return RET_SUBMIT.pack(_RET_SUBMIT, seqnum, 0, 0, 0, status, actual, start_frame, number_of_packets, error_count)
 
 
 def encode_cmd_unlink(cmd: CmdUnlink) -> bytes:
-    return CMD_UNLINK.pack(Command.CMD_UNLINK, cmd.seqnum, cmd.devid, 0, 0, cmd.unlink_seqnum)
+    return CMD_UNLINK.pack(_CMD_UNLINK, cmd.seqnum, cmd.devid, 0, 0, cmd.unlink_seqnum)
 
 
 def encode_ret_unlink(ret: RetUnlink) -> bytes:
-    return RET_UNLINK.pack(Command.RET_UNLINK, ret.seqnum, 0, 0, 0, ret.status)
+    return RET_UNLINK.pack(_RET_UNLINK, ret.seqnum, 0, 0, 0, ret.status)
 
 
 def _read_iso(buf: Buffer, offset: int, count: int) -> tuple[IsoPacket, ...]:
@@ -458,8 +467,8 @@ def read_cmd(buf: Buffer, limits: SubmitLimits) -> Read:
     (command, seqnum, devid, direction, ep, flags, length, start_frame, npackets, interval, setup) = (
         CMD_SUBMIT.unpack_from(buf)
     )
-    if command != Command.CMD_SUBMIT:
-        _command(buf, (Command.CMD_SUBMIT, Command.CMD_UNLINK))
+    if command != _CMD_SUBMIT:
+        _command(buf, (_CMD_SUBMIT, _CMD_UNLINK))
         _, seqnum, devid, _, _, unlink_seqnum = CMD_UNLINK.unpack_from(buf)
         _check_devid(devid, limits.devid)
         return CmdUnlink(seqnum=seqnum, devid=devid, unlink_seqnum=unlink_seqnum), URB_HEADER_SIZE
@@ -483,7 +492,7 @@ def read_cmd(buf: Buffer, limits: SubmitLimits) -> Read:
             field="number_of_packets",
             value=npackets,
         )
-    data_size = length if direction == Direction.OUT else 0
+    data_size = length if direction == _OUT else 0
     end = URB_HEADER_SIZE + data_size
     total = end + (npackets * ISO_DESCRIPTOR_SIZE if iso else 0)
     if len(buf) < total:
@@ -521,8 +530,8 @@ def read_ret(buf: Buffer, outstanding: Callable[[int], CmdSubmit | None]) -> Rea
     """A client's read in the URB phase: RET_SUBMIT or RET_UNLINK."""
     if len(buf) < URB_HEADER_SIZE:
         return None
-    command = _command(buf, (Command.RET_SUBMIT, Command.RET_UNLINK))
-    if command == Command.RET_UNLINK:
+    command = _command(buf, (_RET_SUBMIT, _RET_UNLINK))
+    if command == _RET_UNLINK:
         _, seqnum, _, _, _, status = RET_UNLINK.unpack_from(buf)
         try:
             return RetUnlink(seqnum=seqnum, status=status), URB_HEADER_SIZE
@@ -544,7 +553,7 @@ def read_ret(buf: Buffer, outstanding: Callable[[int], CmdSubmit | None]) -> Rea
             field="number_of_packets",
             value=npackets,
         )
-    data_size = actual if request.direction == Direction.IN else 0
+    data_size = actual if request.direction == _IN else 0
     end = URB_HEADER_SIZE + data_size
     total = end + (npackets * ISO_DESCRIPTOR_SIZE if request.is_iso else 0)
     if len(buf) < total:

@@ -30,6 +30,9 @@ from usbwire.protocol.pdu import CmdSubmit, CmdUnlink, IsoPacket, RetSubmit, Ret
 log = logging.getLogger("usbwire.server")
 
 _STALL = UrbResult(status=-Errno.EPIPE)
+# Enum members the per-URB paths use, as module globals: looking one up on its class costs
+# ~70 ns on Python 3.11, several times a URB.
+_CONTROL, _IN = TransferType.CONTROL, Direction.IN
 
 
 @types.coroutine
@@ -153,7 +156,7 @@ class Dispatcher:
             self._reply(cmd, result)
 
     def _start(self, cmd: CmdSubmit) -> Coroutine[Any, Any, UrbResult] | None:
-        transfer = TransferType.CONTROL if cmd.ep == 0 else self.device.endpoint_type(cmd.ep, cmd.direction)
+        transfer = _CONTROL if cmd.ep == 0 else self.device.endpoint_type(cmd.ep, cmd.direction)
         if transfer is None:
             log.debug("URB %d for endpoint %d not in the active configuration", cmd.seqnum, cmd.ep)
             return None
@@ -220,7 +223,7 @@ class Dispatcher:
             )
             self.send(self.connection.send(ret))
         else:
-            if cmd.direction == Direction.IN:
+            if cmd.direction == _IN:
                 data = result.data
                 actual = len(data)
                 if actual > cmd.transfer_buffer_length:
