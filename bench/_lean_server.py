@@ -21,7 +21,7 @@ import sys
 
 OP_REQ_IMPORT = 0x8003
 OP_REP_IMPORT = 0x0003
-CMD_SUBMIT, RET_SUBMIT, CMD_UNLINK, RET_UNLINK = 1, 3, 2, 4
+RET_SUBMIT, CMD_UNLINK, RET_UNLINK = 3, 2, 4  # any other command is taken for a CMD_SUBMIT
 HEADER = 48
 COMMAND = struct.Struct(">IIIII IiiiI 8s")  # command .. ep, flags, length, start, packets, interval, setup
 REPLY = struct.Struct(">IIIII iiiii 8x")  # command .. ep, status, actual, start, packets, errors
@@ -37,6 +37,8 @@ def import_reply(busid: bytes) -> bytes:
 
 
 class LeanProtocol(asyncio.Protocol):
+    """One client: its OP_REQ_IMPORT, then its URBs, answered from each read's bytes."""
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.imported = False
