@@ -109,14 +109,25 @@ def usbwire_keys(ctx: Context) -> list[str]:
     return [s.spec.key for s in ctx.servers if s.spec.kind == "usbwire"]
 
 
+def ratio_goals(result: SectionResult, key: str, rows: frozenset[str] | None = None) -> list[tuple[str, GoalResult]]:
+    """The rate and CPU goals checked for server ``key`` (on ``rows`` only, if given), each
+    with its row's key."""
+    bounds: list[tuple[str, str, float | None, float | None]] = [
+        (row_key, f"{text} vs C", bound, None) for row_key, bound, text in RATE_GOALS
+    ]
+    bounds.append(("cpu", "server CPU per URB, 32 per write, vs C", None, CPU_GOAL))
+    return [
+        (row_key, ratio_goal(result.row(row_key), key, "c", goal=goal, at_least=at_least, at_most=at_most))
+        for row_key, goal, at_least, at_most in bounds
+        if rows is None or row_key in rows
+    ]
+
+
 def goals(ctx: Context, result: SectionResult) -> list[GoalResult]:
     """The issue's goals for every usbwire server, from paired per-repetition ratios."""
     out: list[GoalResult] = []
     for key in usbwire_keys(ctx):
-        for row_key, bound, text in RATE_GOALS:
-            out.append(ratio_goal(result.row(row_key), key, "c", goal=f"{text} vs C", at_least=bound))
-        cpu_goal = "server CPU per URB, 32 per write, vs C"
-        out.append(ratio_goal(result.row("cpu"), key, "c", goal=cpu_goal, at_most=CPU_GOAL))
+        out += [goal for _, goal in ratio_goals(result, key)]
         if ctx.server("usbip") is not None:
             out.append(faster_than_usbip(result.rows, key, "faster than PyPI usbip on every wire row"))
     return out
@@ -125,20 +136,14 @@ def goals(ctx: Context, result: SectionResult) -> list[GoalResult]:
 def lean_note(result: SectionResult) -> str:
     """Where the lean Python server stands on the goals of the rows it runs: what the
     interpreter and event loop cost before usbwire adds anything."""
-    rate_bounds = {row_key: bound for row_key, bound, _ in RATE_GOALS}
     shown: list[str] = []
     missed: list[str] = []
-    for row_key in [*rate_bounds, "cpu"]:
-        ratio = result.row(row_key).ratio(LEAN_PYTHON.key, "c") if row_key in (LEAN_PYTHON.rows or ()) else None
-        if ratio is None:
+    for row_key, goal in ratio_goals(result, LEAN_PYTHON.key, LEAN_PYTHON.rows):
+        if goal.passed is None:
             continue
-        shown.append(f"{row_key} {ratio:.2f}x")
-        if row_key == "cpu":
-            target, holds = f"<= {CPU_GOAL:.2f}x", ratio <= CPU_GOAL
-        else:
-            target, holds = f">= {rate_bounds[row_key]:.2f}x", ratio >= rate_bounds[row_key]
-        if not holds:
-            missed.append(f"{row_key} ({target})")
+        shown.append(f"{row_key} {goal.shown}")
+        if not goal.passed:
+            missed.append(f"{row_key} ({goal.target})")
     text = (
         f"{LEAN_PYTHON.label}: bench/_lean_server.py, one Protocol answering from the bytes with no "
         f"device model, the least a Python server does per URB; vs C: {', '.join(shown) or 'n/a'}."
