@@ -46,10 +46,21 @@ def served(tmp_path: Path) -> Iterator[ServeProcess]:
     yield from serving(tmp_path)
 
 
-def serving(tmp_path: Path, *options: str) -> Iterator[ServeProcess]:
+def serving(tmp_path: Path, *options: str, demo: bool = True) -> Iterator[ServeProcess]:
     control = tmp_path / "control.sock"
     process = subprocess.Popen(
-        [*USBWIRE, "serve", "--host", "127.0.0.1", "--port", "0", "--demo", "--control", str(control), *options],
+        [
+            *USBWIRE,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *(["--demo"] * demo),
+            "--control",
+            str(control),
+            *options,
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -179,6 +190,50 @@ def test_serve_refuses_impossible_audio_in_one_line(args: list[str], message: st
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("usbwire: error: ") and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_disk_exports_that_image_alone_and_a_client_reads_its_blocks(tmp_path: Path) -> None:
+    from tests.devices.test_mass_storage import cbw, read10
+    from usbwire.client import connect
+    from usbwire.protocol import Direction
+
+    image = tmp_path / "stick.img"
+    written = os.urandom(64 * 1024)
+    image.write_bytes(written + bytes(1 << 20))
+
+    async def first_blocks(port: int) -> tuple[bytes | int, bytes | int]:
+        async with connect("127.0.0.1", "1-1", port=port) as disk:
+            await disk.set_configuration(1)
+            await disk.bulk_transfer(0x02, cbw(read10(0, 128), length=len(written), direction=Direction.IN, tag=7))
+            return await disk.bulk_transfer(0x81, len(written)), await disk.bulk_transfer(0x81, 13)
+
+    for served in serving(tmp_path, "--disk", str(image), demo=False):
+        listed = json.loads(usbwire("list", "-r", "127.0.0.1", "--port", str(served.port), "--json").stdout)
+        assert [(device["busid"], device["interfaces"]) for device in listed] == [("1-1", [[8, 6, 80]])]
+        data, status = asyncio.run(first_blocks(served.port))
+        assert data == written
+        assert isinstance(status, bytes) and status[:4] == b"USBS" and status[12] == 0  # CSW: passed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--disk", "/nonexistent.img"], "/nonexistent.img: no such disk image", id="missing"),
+        pytest.param(["--disk", "IMAGE", "--disk-ro", "IMAGE"], "image is in use by another", id="twice"),
+        pytest.param(["--disk", "/"], "/: Is a directory", id="directory"),
+        pytest.param(["--config", "CONFIG"], "each [[disk]] needs image", id="config"),
+    ],
+)
+def test_serve_refuses_a_disk_it_cannot_export_in_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    config = tmp_path / "usbwire.toml"
+    config.write_text("[[disk]]\nread_only = true\n")
+    args = [str(image) if arg == "IMAGE" else str(config) if arg == "CONFIG" else arg for arg in args]
+    result = usbwire("serve", "--host", "127.0.0.1", "--port", "0", "--control", "none", *args, check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("usbwire: error: ") and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
 def test_serve_refuses_a_rescan_interval_that_is_not_positive() -> None:

@@ -25,7 +25,7 @@ from usbwire.errors import (
 from usbwire.protocol import DEFAULT_PORT, DeviceInfo, OpStatus, Speed
 from usbwire.server import DEFAULT_CONTROL_PATH, ControlServer, Limits, Registry, Server
 from usbwire.server import request as control_request
-from usbwire.service import AudioOptions, ServeOptions, run, serve
+from usbwire.service import AudioOptions, DiskOptions, ServeOptions, run, serve
 from usbwire.tls import TlsConfigError
 from usbwire.tls import client_context as client_tls_context
 from usbwire.tls import server_context as server_tls_context
@@ -45,6 +45,7 @@ __all__ = [
     "ControlError",
     "ControlServer",
     "DeviceInfo",
+    "DiskOptions",
     "ImportRefused",
     "Limits",
     "LocalProtocolError",

@@ -19,6 +19,7 @@ from usbwire import (
     DEFAULT_PORT,
     AudioOptions,
     DeviceInfo,
+    DiskOptions,
     Limits,
     ServeOptions,
     UsbwireError,
@@ -45,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"{PROG}: error: {error.strerror or error}", file=sys.stderr)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{PROG}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -159,6 +161,24 @@ def _parser() -> argparse.ArgumentParser:
         help="write what clients play to the speaker to PATH: WAV, or raw s16le stereo if PATH ends in .raw",
     )
     _webcam_arguments(serve)
+    disks = serve.add_argument_group("emulated disks (USB mass storage: SCSI over Bulk-Only, 512-byte blocks)")
+    disks.add_argument(
+        "--disk",
+        dest="disks",
+        action="append",
+        type=DiskOptions,
+        metavar="IMAGE",
+        help="export this image file or block device as a USB disk (repeatable; with no --export, "
+        "the demo devices only with --demo)",
+    )
+    disks.add_argument(
+        "--disk-ro",
+        dest="disks",
+        action="append",
+        type=lambda image: DiskOptions(image, read_only=True),
+        metavar="IMAGE",
+        help="the same, write-protected",
+    )
     fleet_flags = serve.add_argument_group("fleet mode (needs usbwire[fleet])")
     fleet_flags.add_argument(
         "--fleet", metavar="etcd://HOST:PORT", help="register in this fleet; import devices only under its claims"
@@ -444,6 +464,8 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
     webcam = _webcam(args)
     if webcam is not None:
         flags["webcam"] = webcam
+    if args.disks:
+        flags["disks"] = tuple(args.disks)
     if args.backend != "libusb" or "backend" not in settings:
         flags["backend"] = args.backend
     if args.rescan_interval != RESCAN_INTERVAL_S or "rescan_interval" not in settings:

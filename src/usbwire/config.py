@@ -23,6 +23,10 @@ laptop = "a long random string"
 match = "1-1"                # busid or VID:PID
 allow = ["cidr:192.168.1.0/24", "cert:ci-runner", "token:laptop"]
 
+[[disk]]                     # a disk image exported as a USB disk (repeatable, like --disk)
+image = "/srv/usbwire/stick.img"
+read_only = false
+
 [fleet]                      # fleet mode (usbwire[fleet]); see usbwire.fleet
 url = "etcd://etcd1:2379"
 name = "rack-a-3"            # default HOSTNAME:PORT
@@ -40,6 +44,7 @@ from typing import Any
 from usbwire.errors import UsbwireError
 from usbwire.server.access import AccessPolicy
 from usbwire.server.server import Limits
+from usbwire.service import DiskOptions
 
 _SERVER_KEYS = {
     "hosts", "port", "export", "backend", "demo", "tls_cert", "tls_key", "client_ca", "user", "max_in_flight",
@@ -56,7 +61,7 @@ def load(path: str | Path) -> dict[str, Any]:
         raise UsbwireError(f"{path}: no such configuration file") from None
     except tomllib.TOMLDecodeError as error:
         raise UsbwireError(f"{path}: {error}") from None
-    unknown = set(data) - {"server", "tokens", "device", "fleet"}
+    unknown = set(data) - {"server", "tokens", "device", "disk", "fleet"}
     server = data.get("server", {})
     unknown |= {f"server.{key}" for key in set(server) - _SERVER_KEYS}
     if unknown:
@@ -96,7 +101,21 @@ def load(path: str | Path) -> dict[str, Any]:
         options["control_path"] = server["control"] or None
     if "fleet" in data:
         options["fleet"] = _fleet(data["fleet"], path)
+    if "disk" in data:
+        options["disks"] = tuple(_disk(table, path) for table in data["disk"])
     return options
+
+
+def _disk(table: Any, path: str | Path) -> DiskOptions:
+    if not isinstance(table, dict) or not isinstance(table.get("image"), str):
+        raise UsbwireError(f'{path}: each [[disk]] needs image = "PATH"')
+    unknown = set(table) - {"image", "read_only"}
+    if unknown:
+        raise UsbwireError(f"{path}: unknown settings {', '.join(f'disk.{key}' for key in sorted(unknown))}")
+    read_only = table.get("read_only", False)
+    if not isinstance(read_only, bool):
+        raise UsbwireError(f"{path}: disk.read_only must be true or false")
+    return DiskOptions(table["image"], read_only=read_only)
 
 
 def port_number(value: object, *, listening: bool) -> int:

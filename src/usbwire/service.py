@@ -15,6 +15,7 @@ from usbwire import demo, tls
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.cdc import Serial
 from usbwire.devices.cdc.pty import PtyBridge
+from usbwire.devices.msc import MassStorage
 from usbwire.devices.uac import Headset, ToneSource, WavSource, open_sink
 from usbwire.devices.uvc import Webcam, WebcamConfig
 from usbwire.errors import UsbwireError
@@ -51,6 +52,22 @@ class AudioOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskOptions:
+    """A disk image (or block device) to export as an emulated USB disk."""
+
+    image: str
+    read_only: bool = False
+
+    def device(self) -> MassStorage:
+        try:
+            return MassStorage(self.image, read_only=self.read_only)
+        except FileNotFoundError:
+            raise UsbwireError(f"{self.image}: no such disk image (make one: truncate -s 1G {self.image})") from None
+        except ValueError as error:
+            raise UsbwireError(str(error)) from None
+
+
+@dataclass(frozen=True, slots=True)
 class ServeOptions:
     hosts: Sequence[str] | None = None
     port: int = DEFAULT_PORT
@@ -73,6 +90,9 @@ class ServeOptions:
     audio: AudioOptions | None = None
     # An emulated webcam to export besides everything else (at the next free busid).
     webcam: WebcamConfig | None = None
+    # Disk images exported as USB disks (after everything else, in order). Devices of their
+    # own: with disks and no real devices, the demo set is served only if asked for.
+    disks: tuple[DiskOptions, ...] = ()
     # Register in a fleet (etcd) and import devices only under its claims.
     fleet: FleetOptions | None = None
 
@@ -99,10 +119,12 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     headset = options.audio.device() if options.audio is not None else None
     # First, so a webcam that cannot be (a mode the link cannot carry, a bad image) stops the start.
     webcam = Webcam(options.webcam) if options.webcam is not None else None
+    # Likewise a disk image that is missing, locked by another program or not a disk.
+    disks = [disk.device() for disk in options.disks]
     server = Server(limits=options.limits, policy=options.policy)
     rules = ExportRules.parse(options.exports)
     real = RealDevices(server.registry, rules, options.backend, options.rescan_interval) if rules else None
-    if options.demo or not rules:
+    if options.demo or not (rules or disks):
         if not options.demo:
             log.info("no devices configured: serving the demo devices")
         for export in demo.demo_exports():
@@ -117,6 +139,11 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     if webcam is not None:
         export = demo.export_device(server.registry, webcam)
         log.info("webcam at %s: %s", export.busid, webcam.describe())
+    for disk in disks:
+        export = demo.export_device(server.registry, disk)
+        assert disk.image is not None
+        access = "read-only" if disk.image.read_only else "read-write"
+        log.info("disk %s (%d MiB, %s) at %s", disk.image.path, disk.image.size >> 20, access, export.busid)
     context = None
     if options.tls_cert:
         context = tls.server_context(options.tls_cert, options.tls_key or options.tls_cert, options.client_ca)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunningServer, start_server, wait_until
+from tests.processes import serve_process
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.msc import PRODUCT_ID as DISK_PRODUCT_ID
 from usbwire.devices.msc import VENDOR_ID, MassStorage
@@ -117,3 +120,32 @@ def test_a_cut_connection_mid_write_loses_nothing_that_was_synced(
         again = sh(client, f"mount {dev} {MOUNT} && sha256sum {MOUNT}/synced && umount {MOUNT}")
         assert again.split()[0] == synced
         assert client.vm.chroot_run(f"e2fsck -f -n {dev}", 120).ok
+
+
+def test_serve_disk_hands_the_guest_an_image_file_and_disk_ro_a_write_protected_one(lab: Lab, tmp_path: Path) -> None:
+    original = os.urandom(4 << 20)
+    image, protected = tmp_path / "stick.img", tmp_path / "protected.img"
+    image.write_bytes(original)
+    protected.write_bytes(original)
+    log = tmp_path / "serve.log"
+    # After the demo set (1-1 .. 1-5), in the order given.
+    with (
+        serve_process(log, "--disk", str(image), "--disk-ro", str(protected)) as served,
+        kernel_client(lab, cpus=2) as client,
+    ):
+        dev = block_device(client.vm, client.attach(served.port, "1-6", wait_for=IDS))
+        read = sh(client, f"dd if={dev} bs=1M count=4 iflag=direct status=none | sha256sum")
+        assert read.split()[0] == hashlib.sha256(original).hexdigest()
+        sh(client, f"dd if=/dev/zero of={dev} bs=64K count=1 seek=2 oflag=direct status=none")
+        assert client.detach(vhci_port(client)).ok
+        client.vm.wait_for_usb(*IDS, present=False)
+        wait_until(lambda: "released 1-6" in log.read_text(), "the server to release the disk")
+        assert image.read_bytes() == original[: 128 << 10] + bytes(64 << 10) + original[192 << 10 :]
+
+        dev = block_device(client.vm, client.attach(served.port, "1-7", wait_for=IDS))
+        assert sh(client, f"blockdev --getro {dev}").strip() == "1"
+        refused = client.vm.chroot_run(f"dd if=/dev/zero of={dev} bs=4K count=1 oflag=direct", 60)
+        assert not refused.ok, refused.describe()
+        read = sh(client, f"dd if={dev} bs=1M count=4 iflag=direct status=none | sha256sum")
+        assert read.split()[0] == hashlib.sha256(original).hexdigest()
+    assert protected.read_bytes() == original
