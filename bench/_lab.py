@@ -6,6 +6,8 @@ own vhci-hcd from:
 - ``kernel``: the guest kernel's usbip-host exporting QEMU's usb-storage over 127.0.0.1
   (Debian's usbipd) -- the reference;
 - ``usbwire-emulated``: usbwire's emulated disk served from the host (10.0.2.2);
+- ``usbip-emulated``: the PyPI ``usbip`` package's mass-storage class over an image file, served
+  from the host the same way (when the ``usbip`` server is among those compared);
 - ``usbwire-libusb``: usbwire in the guest passing QEMU's usb-storage through libusb;
 - ``usbwire-usbip-host``: usbwire in the guest handing imports to usbip-host.
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +30,7 @@ from bench._registry import Context, section
 
 SIZE_MB = 64
 KERNEL = "kernel"
-SERVERS = (KERNEL, "usbwire-emulated", "usbwire-libusb", "usbwire-usbip-host")
+SERVERS = (KERNEL, "usbwire-emulated", "usbip-emulated", "usbwire-libusb", "usbwire-usbip-host")
 
 
 def _dd_rate(output: str) -> float:
@@ -60,8 +64,12 @@ def kernel_lab(ctx: Context) -> SectionResult:
         image = Path(scratch) / "qemu-disk.img"
         with image.open("wb") as disk:
             disk.truncate((SIZE_MB + 16) << 20)
+        peer_image = Path(scratch) / "usbip-disk.img"
+        with peer_image.open("wb") as disk:
+            disk.truncate((SIZE_MB + 16) << 20)
         with (
             _host_disk(Path(scratch) / "usbwire-disk.img") as host_port,
+            _peer_disk(peer_image, ctx.server("usbip") is not None) as peer_port,
             lab.vm(usb=[storage(image, id="disk")], cpus=2, memory_mb=1024, hard_timeout_s=1800) as vm,
         ):
             busid = vm.wait_for_usb(*QEMU_STORAGE_ID)
@@ -85,6 +93,8 @@ def kernel_lab(ctx: Context) -> SectionResult:
                 vm.run("killall usbipd; sleep 0.2")
                 # usbwire's emulated disk, from the host.
                 measure("usbwire-emulated", lambda: _attach(vm, "10.0.2.2", host_port, "5-1"))
+                if peer_port:
+                    measure("usbip-emulated", lambda: _attach(vm, "10.0.2.2", peer_port, "1-1"))
                 # usbwire in the guest with the usbip-host backend (device still bound).
                 with _guest_usbwire(vm, "usbip-host", QEMU_STORAGE_ID):
                     measure("usbwire-usbip-host", lambda: _attach(vm, "127.0.0.1", 3250, busid))
@@ -107,6 +117,18 @@ def kernel_lab(ctx: Context) -> SectionResult:
             ]
             if ratios:
                 result.notes.append(f"{row.key}: {server} / kernel = {statistics.median(ratios):.2f}x")
+        ratios = [
+            ours.value / peer.value
+            for ours, peer in zip(
+                row.samples.get("usbwire-emulated", []), row.samples.get("usbip-emulated", []), strict=False
+            )
+            if ours is not None and peer is not None and peer.value
+        ]
+        if ratios:
+            result.notes.append(
+                f"{row.key}: usbwire-emulated / usbip-emulated = {statistics.median(ratios):.2f}x"
+                " (both disks behind QEMU's user-mode network, which bounds them alike)"
+            )
     return result
 
 
@@ -151,6 +173,33 @@ def _guest_usbwire(vm: object, backend: str, ids: tuple[int, int]) -> Iterator[N
         yield
     finally:
         command.kill()
+
+
+@contextmanager
+def _peer_disk(image: Path, wanted: bool) -> Iterator[int]:
+    """The PyPI usbip package's disk over ``image`` on the host's 127.0.0.1 (its port), or 0
+    when it is not compared."""
+    if not wanted:
+        yield 0
+        return
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench._peer_usbip", "--host", "127.0.0.1", "--disk", str(image)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        port = 0
+        for line in process.stderr:
+            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                port = int(match[1])
+                break
+        if not port:
+            raise RuntimeError(f"PyPI usbip's disk did not start (exit {process.wait(10)})")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 @contextmanager

@@ -9,13 +9,17 @@ device ``1-1`` and the scale devices ``2-1`` .. ``2-N`` are spread over as many 
 consecutive free ports) as needed, all in this one process. Prints ``target HOST:PORT:BUSID``
 for each device, then ``listening on HOST:PORT`` (the first listener) on stderr.
 
-Usage: python -m bench._peer_usbip [--host ADDR] [--devices N]
+With ``--disk PATH``, device ``1-1`` is instead its mass-storage class (Bulk-Only Transport,
+SCSI) over the image file PATH, for the kernel lab's guest ``dd`` (bench/_lab.py).
+
+Usage: python -m bench._peer_usbip [--host ADDR] [--devices N] [--disk PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import socket
 import sys
 import threading
@@ -41,10 +45,37 @@ def _device(usbip: Any, cdc: Any, busid: str) -> Any:
     return device
 
 
+class _FileStore:
+    """The block store usbip's MSC class asks its application for (it ships none): 512-byte
+    blocks of an image file, read and written in place as a disk image is."""
+
+    block_size = 512
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR)
+        self.num_blocks = os.fstat(self.fd).st_size // self.block_size
+
+    def read(self, lba: int, count: int) -> bytes:
+        return os.pread(self.fd, count * self.block_size, lba * self.block_size)
+
+    def write(self, lba: int, count: int, data: bytes) -> None:
+        os.pwrite(self.fd, data[: count * self.block_size], lba * self.block_size)
+
+
+def _disk(usbip: Any, path: str, busid: str) -> Any:
+    msc = importlib.import_module("usbip.classes.device.msc")
+    device = usbip.USBDevice(0x1209, 0x0002, product="Disk (usbip MSC)")
+    device.set_speed(usbip.SPEED_HIGH)
+    device.add(msc.MSC(_FileStore(path)))
+    device.set_busid(busid)
+    return device
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--devices", type=int, default=0, help="scale devices 2-1 .. 2-N besides 1-1")
+    parser.add_argument("--disk", metavar="PATH", help="device 1-1 is a mass-storage disk over this image file")
     args = parser.parse_args()
     usbip = importlib.import_module("usbip")
     cdc = importlib.import_module("usbip.classes.device.cdc_acm")
@@ -56,7 +87,8 @@ def main() -> int:
         transport = usbip.USBIP(args.host, port)
         ports.append(port)
         for busid in busids[first : first + PER_LISTENER]:
-            plugged.append(_device(usbip, cdc, busid).plug(via=transport))
+            device = _disk(usbip, args.disk, busid) if busid == "1-1" and args.disk else _device(usbip, cdc, busid)
+            plugged.append(device.plug(via=transport))
             print(f"target {args.host}:{port}:{busid}", file=sys.stderr)
     print(f"listening on {args.host}:{ports[0]}", file=sys.stderr, flush=True)
     threading.Event().wait()  # serve until SIGTERM
