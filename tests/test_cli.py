@@ -21,7 +21,7 @@ from tests.conftest import closed_port
 USBWIRE = [sys.executable, "-m", "usbwire"]
 COMMANDS = [
     "serve", "list", "status", "export", "unexport", "type", "mouse",
-    "attach", "detach", "port", "bind", "unbind", "certs", "fleet",
+    "attach", "detach", "port", "bind", "unbind", "certs", "fleet", "discover",
 ]  # fmt: skip
 
 

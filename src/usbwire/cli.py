@@ -25,6 +25,7 @@ from usbwire import (
     UsbwireError,
 )
 from usbwire.config import port_number
+from usbwire.discovery import Advertisement, discover
 from usbwire.exports import RESCAN_INTERVAL_S
 
 PROG = "usbwire"
@@ -145,6 +146,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="TOML", help="settings file (see usbwire.config); flags override it")
     serve.add_argument("--user", help="drop root and run as this user once the sockets are bound")
     serve.add_argument(
+        "--advertise",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="announce this server on the local network (multicast DNS) as NAME (default: the host name), "
+        "for 'usbwire discover'; needs usbwire[discovery]",
+    )
+    serve.add_argument(
         "--loop",
         choices=["auto", "asyncio", "uvloop"],
         default="auto",
@@ -208,6 +217,23 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     _tls_arguments(listing)
     listing.set_defaults(run=_list)
+
+    discover = commands.add_parser(
+        "discover",
+        parents=[verbose],
+        help="find USB/IP servers on the local network and list their devices",
+        description="Find servers that advertise themselves (usbwire serve --advertise) over multicast DNS, "
+        "then list what each exports. Needs usbwire[discovery].",
+    )
+    discover.add_argument(
+        "--timeout", type=float, default=2.0, metavar="S", help="how long to listen for servers (default 2)"
+    )
+    discover.add_argument(
+        "--interface", action="append", metavar="ADDR", help="ask on the interface with this address (repeatable)"
+    )
+    discover.add_argument("--json", action="store_true", help="machine-readable output")
+    _tls_arguments(discover)
+    discover.set_defaults(run=_discover)
 
     status = commands.add_parser("status", parents=[verbose], help="show a running server's exports and clients")
     _control_argument(status)
@@ -466,6 +492,8 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
         flags["webcam"] = webcam
     if args.disks:
         flags["disks"] = tuple(args.disks)
+    if args.advertise is not None:
+        flags["advertise"] = args.advertise
     if args.backend != "libusb" or "backend" not in settings:
         flags["backend"] = args.backend
     if args.rescan_interval != RESCAN_INTERVAL_S or "rescan_interval" not in settings:
@@ -523,10 +551,16 @@ def _list(args: argparse.Namespace) -> int:
     if not devices:
         print(f"{PROG}: info: no exportable devices found on {args.remote}", file=sys.stderr)
         return 0
-    ids = usbwire.load_usb_ids()
     print("Exportable USB devices")
     print("======================")
     print(f" - {args.remote}")
+    _print_devices(devices)
+    return 0
+
+
+def _print_devices(devices: Sequence[DeviceInfo]) -> None:
+    """Devices as ``usbip list -r`` prints them, under their server's line."""
+    ids = usbwire.load_usb_ids()
     for device in devices:
         print(f"{device.busid:>11}: {ids.product_text(device.idVendor, device.idProduct)}")
         print(f"{'':>11}: {device.path}")
@@ -539,7 +573,69 @@ def _list(args: argparse.Namespace) -> int:
             )
             print(f"{'':>11}: {number:2d} - {text}")
         print()
+
+
+def _discover(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        raise UsbwireError("--timeout must be more than 0 seconds")
+    given_tls = _client_tls(args)
+    token = _token(args)
+
+    async def find() -> list[tuple[Advertisement, list[DeviceInfo] | None, str | None]]:
+        if not args.json:
+            print(f"{PROG}: info: listening for servers for {args.timeout:g} s...", file=sys.stderr)
+        servers = await discover(args.timeout, args.interface)
+
+        async def devices(server: Advertisement) -> tuple[Advertisement, list[DeviceInfo] | None, str | None]:
+            # TLS as the server says it speaks: with the given credentials, else the system's CAs.
+            context = None
+            if server.tls:
+                context = given_tls or usbwire.client_tls_context(None, None, None)
+            try:
+                found = await usbwire.list_devices(server.addresses[0], server.port, ssl=context, token=token)
+            except (UsbwireError, OSError) as error:
+                return server, None, str(error)
+            return server, found, None
+
+        return list(await asyncio.gather(*(devices(server) for server in servers if server.addresses)))
+
+    found = asyncio.run(find())
+    if args.json:
+        print(json.dumps([_advertised_json(*entry) for entry in found], indent=2))
+        return 0
+    if not found:
+        print(f"{PROG}: info: no USB/IP server answered", file=sys.stderr)
+        return 0
+    print("USB/IP servers on the local network")
+    print("===================================")
+    for server, devices, error in found:
+        what = ", ".join(filter(None, [server.implementation, "TLS" if server.tls else None]))
+        print(f" - {server.name} at {_host_port(server.addresses[0], server.port)}" + (f" ({what})" if what else ""))
+        if error is not None:
+            print(f"{'':>11}  devices not listed: {error}")
+            print()
+        elif not devices:
+            print(f"{'':>11}  no exportable devices")
+            print()
+        else:
+            _print_devices(devices)
     return 0
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _advertised_json(server: Advertisement, devices: list[DeviceInfo] | None, error: str | None) -> dict[str, Any]:
+    return {
+        "name": server.name,
+        "addresses": list(server.addresses),
+        "port": server.port,
+        "tls": server.tls,
+        "implementation": server.implementation,
+        "devices": None if devices is None else [_device_json(device) for device in devices],
+        "error": error,
+    }
 
 
 def _device_json(device: DeviceInfo) -> dict[str, Any]:

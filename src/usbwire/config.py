@@ -7,6 +7,7 @@ export = ["046d:c52b"]       # real devices to share; none: the demo devices
 backend = "libusb"           # or "usbip-host"
 rescan_interval = 2.0        # seconds between looks for devices plugged in or out
 demo = false
+advertise = "lab bench 3"   # announce on the local network (true: as the host name); see discover
 tls_cert = "/etc/usbwire/server.pem"
 tls_key = "/etc/usbwire/server.key"
 client_ca = "/etc/usbwire/ca.pem"   # require client certificates (mTLS)
@@ -49,7 +50,7 @@ from usbwire.service import DiskOptions
 _SERVER_KEYS = {
     "hosts", "port", "export", "backend", "demo", "tls_cert", "tls_key", "client_ca", "user", "max_in_flight",
     "max_transfer", "max_connections_per_client", "allow", "control", "resume_window", "liveness_timeout",
-    "rescan_interval",
+    "rescan_interval", "advertise",
 }  # fmt: skip
 
 
@@ -91,6 +92,11 @@ def load(path: str | Path) -> dict[str, Any]:
             options["port"] = port_number(server["port"], listening=True)
         except UsbwireError as error:
             raise UsbwireError(f"{path}: server.port: {error}") from None
+    if "advertise" in server:
+        advertise = server["advertise"]
+        if not isinstance(advertise, bool | str):
+            raise UsbwireError(f"{path}: server.advertise must be a name, true or false")
+        options["advertise"] = ("" if advertise else None) if isinstance(advertise, bool) else advertise
     if "rescan_interval" in server:
         options["rescan_interval"] = float(server["rescan_interval"])
     if "hosts" in server:

@@ -7,11 +7,12 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from usbwire import demo, tls
+from usbwire import demo, discovery, tls
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.devices.cdc import Serial
 from usbwire.devices.cdc.pty import PtyBridge
@@ -93,6 +94,9 @@ class ServeOptions:
     # Disk images exported as USB disks (after everything else, in order). Devices of their
     # own: with disks and no real devices, the demo set is served only if asked for.
     disks: tuple[DiskOptions, ...] = ()
+    # Announce the server on the local network under this name ("": the host name; None: not
+    # at all), for usbwire.discovery.
+    advertise: str | None = None
     # Register in a fleet (etcd) and import devices only under its claims.
     fleet: FleetOptions | None = None
 
@@ -121,6 +125,8 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     webcam = Webcam(options.webcam) if options.webcam is not None else None
     # Likewise a disk image that is missing, locked by another program or not a disk.
     disks = [disk.device() for disk in options.disks]
+    if options.advertise is not None:
+        discovery.ensure_installed()
     server = Server(limits=options.limits, policy=options.policy)
     rules = ExportRules.parse(options.exports)
     real = RealDevices(server.registry, rules, options.backend, options.rescan_interval) if rules else None
@@ -149,6 +155,13 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         context = tls.server_context(options.tls_cert, options.tls_key or options.tls_cert, options.client_ca)
         log.info("TLS 1.3%s", " with client certificates" if options.client_ca else "")
     await server.start(list(options.hosts) if options.hosts else None, options.port, ssl=context)
+    advertiser = None
+    if options.advertise is not None:
+        from usbwire import __version__
+
+        name = options.advertise or socket.gethostname()
+        advertiser = discovery.Advertiser(name, server.addresses, tls=context is not None, version=__version__)
+        await advertiser.start()
     member = None
     if options.fleet is not None:
         from usbwire.fleet.member import FleetMember  # needs the optional etcd client
@@ -181,6 +194,8 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
                 loop.remove_signal_handler(signum)
         for bridge in bridges:
             bridge.close()
+        if advertiser is not None:
+            await advertiser.close()
         if control is not None:
             await control.close()
         if member is not None:
