@@ -27,6 +27,7 @@ from usbwire import (
 from usbwire.config import port_number
 from usbwire.discovery import Advertisement, discover
 from usbwire.exports import RESCAN_INTERVAL_S
+from usbwire.server.metrics import parse_address as parse_metrics_address
 
 PROG = "usbwire"
 
@@ -145,6 +146,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--client-ca", metavar="PEM", help="require client certificates signed by this CA (mTLS)")
     serve.add_argument("--config", metavar="TOML", help="settings file (see usbwire.config); flags override it")
     serve.add_argument("--user", help="drop root and run as this user once the sockets are bound")
+    serve.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST default 127.0.0.1); needs usbwire[metrics]",
+    )
     serve.add_argument(
         "--advertise",
         nargs="?",
@@ -494,6 +500,8 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
         flags["disks"] = tuple(args.disks)
     if args.advertise is not None:
         flags["advertise"] = args.advertise
+    if args.metrics is not None:
+        flags["metrics"] = parse_metrics_address(args.metrics)
     if args.backend != "libusb" or "backend" not in settings:
         flags["backend"] = args.backend
     if args.rescan_interval != RESCAN_INTERVAL_S or "rescan_interval" not in settings:

@@ -8,6 +8,7 @@ backend = "libusb"           # or "usbip-host"
 rescan_interval = 2.0        # seconds between looks for devices plugged in or out
 demo = false
 advertise = "lab bench 3"   # announce on the local network (true: as the host name); see discover
+metrics = "127.0.0.1:9240"   # Prometheus metrics at http://127.0.0.1:9240/metrics
 tls_cert = "/etc/usbwire/server.pem"
 tls_key = "/etc/usbwire/server.key"
 client_ca = "/etc/usbwire/ca.pem"   # require client certificates (mTLS)
@@ -44,13 +45,14 @@ from typing import Any
 
 from usbwire.errors import UsbwireError
 from usbwire.server.access import AccessPolicy
+from usbwire.server.metrics import parse_address as parse_metrics_address
 from usbwire.server.server import Limits
 from usbwire.service import DiskOptions
 
 _SERVER_KEYS = {
     "hosts", "port", "export", "backend", "demo", "tls_cert", "tls_key", "client_ca", "user", "max_in_flight",
     "max_transfer", "max_connections_per_client", "allow", "control", "resume_window", "liveness_timeout",
-    "rescan_interval", "advertise",
+    "rescan_interval", "advertise", "metrics",
 }  # fmt: skip
 
 
@@ -97,6 +99,11 @@ def load(path: str | Path) -> dict[str, Any]:
         if not isinstance(advertise, bool | str):
             raise UsbwireError(f"{path}: server.advertise must be a name, true or false")
         options["advertise"] = ("" if advertise else None) if isinstance(advertise, bool) else advertise
+    if "metrics" in server:
+        try:
+            options["metrics"] = parse_metrics_address(str(server["metrics"]))
+        except UsbwireError as error:
+            raise UsbwireError(f"{path}: server.metrics: {error}") from None
     if "rescan_interval" in server:
         options["rescan_interval"] = float(server["rescan_interval"])
     if "hosts" in server:

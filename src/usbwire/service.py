@@ -22,6 +22,7 @@ from usbwire.devices.uvc import Webcam, WebcamConfig
 from usbwire.errors import UsbwireError
 from usbwire.exports import RESCAN_INTERVAL_S, ExportRules, RealDevices
 from usbwire.protocol.constants import DEFAULT_PORT
+from usbwire.server import metrics
 from usbwire.server.access import AccessPolicy
 from usbwire.server.control import DEFAULT_CONTROL_PATH, ControlServer
 from usbwire.server.server import Limits, Server
@@ -97,6 +98,8 @@ class ServeOptions:
     # Announce the server on the local network under this name ("": the host name; None: not
     # at all), for usbwire.discovery.
     advertise: str | None = None
+    # Serve Prometheus metrics at http://HOST:PORT/metrics (see usbwire.server.metrics).
+    metrics: tuple[str, int] | None = None
     # Register in a fleet (etcd) and import devices only under its claims.
     fleet: FleetOptions | None = None
 
@@ -127,6 +130,8 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     disks = [disk.device() for disk in options.disks]
     if options.advertise is not None:
         discovery.ensure_installed()
+    if options.metrics is not None:
+        metrics.ensure_installed()
     server = Server(limits=options.limits, policy=options.policy)
     rules = ExportRules.parse(options.exports)
     real = RealDevices(server.registry, rules, options.backend, options.rescan_interval) if rules else None
@@ -155,10 +160,14 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         context = tls.server_context(options.tls_cert, options.tls_key or options.tls_cert, options.client_ca)
         log.info("TLS 1.3%s", " with client certificates" if options.client_ca else "")
     await server.start(list(options.hosts) if options.hosts else None, options.port, ssl=context)
+    from usbwire import __version__
+
+    endpoint = None
+    if options.metrics is not None:
+        endpoint = metrics.MetricsEndpoint(server, *options.metrics, version=__version__)
+        await endpoint.start()
     advertiser = None
     if options.advertise is not None:
-        from usbwire import __version__
-
         name = options.advertise or socket.gethostname()
         advertiser = discovery.Advertiser(name, server.addresses, tls=context is not None, version=__version__)
         await advertiser.start()
@@ -196,6 +205,8 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
             bridge.close()
         if advertiser is not None:
             await advertiser.close()
+        if endpoint is not None:
+            await endpoint.close()
         if control is not None:
             await control.close()
         if member is not None:

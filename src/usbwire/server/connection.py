@@ -510,6 +510,7 @@ class UsbipProtocol(asyncio.Protocol):
             self._close(None)
             return
         self.server.registry.release(busid, self)
+        self.server.stats.imports += 1
         log.info("%s imported %s (handed to the kernel's usbip-host)", self.peer, busid)
         self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=self._as_requested(device.info))))
         # close() only drops our descriptor after the reply is written: the kernel keeps its own
@@ -532,6 +533,7 @@ class UsbipProtocol(asyncio.Protocol):
         self.conn.is_iso = lambda ep, direction: _is_iso(device, ep, direction)
         self.dispatcher = Dispatcher(device, self.conn, self.send, self._urb_done)
         self.send(self.conn.send(OpRepImport(status=OpStatus.OK, device=self._as_requested(device.info))))
+        self.server.stats.imports += 1
         log.info("%s imported %s%s", self.peer, self.busid, " (resumable session)" if self.session else "")
         if self.session is not None:
             self._write_out()  # the reply goes unframed; all after it in frames

@@ -60,6 +60,7 @@ class Limits:
 @dataclass(slots=True)
 class Stats:
     connections: int = 0
+    imports: int = 0
     replies: int = 0
     protocol_errors: int = 0
 
@@ -115,6 +116,11 @@ class Server:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         return [sock.getsockname()[:2] for s in self._servers for sock in s.sockets]
+
+    @property
+    def connections(self) -> frozenset[UsbipProtocol]:
+        """The connections open now."""
+        return frozenset(self._connections)
 
     @property
     def port(self) -> int:
