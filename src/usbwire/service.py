@@ -160,7 +160,7 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         context = tls.server_context(options.tls_cert, options.tls_key or options.tls_cert, options.client_ca)
         log.info("TLS 1.3%s", " with client certificates" if options.client_ca else "")
     await server.start(list(options.hosts) if options.hosts else None, options.port, ssl=context)
-    from usbwire import __version__
+    from usbwire import __version__  # (the package imports this module before it defines that)
 
     endpoint = None
     if options.metrics is not None:
