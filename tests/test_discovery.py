@@ -92,6 +92,11 @@ def test_two_servers_asking_for_one_name_are_told_apart(tmp_path: Path) -> None:
     [
         pytest.param(["discover", "--timeout", "0"], "--timeout must be more than 0 seconds", id="timeout"),
         pytest.param(
+            ["serve", "--host", "127.0.0.1", "--port", "0", "--control", "none", "--advertise", "x" * 64],
+            "a service instance name is 1 to 63 bytes",
+            id="long-name",
+        ),
+        pytest.param(
             ["serve", "--host", "127.0.0.1", "--port", "0", "--control", "none", "--config", "CONFIG"],
             "server.advertise must be a name, true or false",
             id="config",

@@ -28,6 +28,7 @@ log = logging.getLogger("usbwire.discovery")
 
 SERVICE_TYPE = "_usbip._tcp.local."
 INSTALL_HINT = "discovery needs zeroconf: pip install 'usbwire[discovery]'"
+MAX_NAME_BYTES = 63  # one DNS label (RFC 6763 4.1.1)
 # How long one server may take to answer the questions that resolve it (ms, as zeroconf counts).
 RESOLVE_TIMEOUT_MS = 1500
 
@@ -43,9 +44,11 @@ class Advertisement:
     implementation: str | None  # e.g. "usbwire 0.1.0"; None from servers that do not say
 
 
-def ensure_installed() -> None:
-    """Raise UsbwireError with the install hint unless zeroconf can be imported."""
+def check_name(name: str) -> None:
+    """Raise UsbwireError unless ``name`` can be advertised (and zeroconf is installed)."""
     _modules()
+    if not 0 < len(name.encode()) <= MAX_NAME_BYTES:
+        raise UsbwireError(f"cannot advertise as {name!r}: a service instance name is 1 to {MAX_NAME_BYTES} bytes")
 
 
 def _modules() -> tuple[ModuleType, ModuleType]:
@@ -106,6 +109,7 @@ class Advertiser:
     def __init__(self, name: str, listening: Sequence[tuple[str, int]], tls: bool, version: str) -> None:
         if not listening:
             raise ValueError("nothing to advertise: the server listens nowhere")
+        check_name(name)
         zeroconf, _ = _modules()
         hosts = sorted({host for host, _ in listening})
         self.port = listening[0][1]
@@ -131,14 +135,16 @@ class Advertiser:
         return str(self._info.name).removesuffix(f".{SERVICE_TYPE}")
 
     async def start(self) -> None:
-        _, zeroconf_asyncio = _modules()
+        zeroconf, zeroconf_asyncio = _modules()
         self._zeroconf = zeroconf_asyncio.AsyncZeroconf(interfaces=self._interfaces, ip_version=self._ip_version)
         try:
             # The first await schedules, the second waits for the probing (and any renaming) to end.
             await (await self._zeroconf.async_register_service(self._info, allow_name_change=True))
-        except BaseException:
+        except BaseException as error:
             await self._zeroconf.async_close()
             self._zeroconf = None
+            if isinstance(error, zeroconf.Error):
+                raise UsbwireError(f"cannot advertise as {self.name!r}: {error}") from None
             raise
         log.info("advertised as %r on %s", self.name, ", ".join(self.addresses))
 

@@ -129,7 +129,7 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     # Likewise a disk image that is missing, locked by another program or not a disk.
     disks = [disk.device() for disk in options.disks]
     if options.advertise is not None:
-        discovery.ensure_installed()
+        discovery.check_name(options.advertise or socket.gethostname())
     if options.metrics is not None:
         metrics.ensure_installed()
     server = Server(limits=options.limits, policy=options.policy)
