@@ -5,7 +5,7 @@ own vhci-hcd from:
 
 - ``kernel``: the guest kernel's usbip-host exporting QEMU's usb-storage over 127.0.0.1
   (Debian's usbipd) -- the reference;
-- ``usbwire-emulated``: usbwire's emulated disk served from the host (10.0.2.2);
+- ``usbwire-emulated``: ``usbwire serve --disk`` on the host (10.0.2.2), a process of its own;
 - ``usbip-emulated``: the PyPI ``usbip`` package's mass-storage class over an image file, served
   from the host the same way (when the ``usbip`` server is among those compared);
 - ``usbwire-libusb``: usbwire in the guest passing QEMU's usb-storage through libusb;
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench._model import Row, Sample, SectionResult
+from bench._proc import listening_process
 from bench._registry import Context, section
 
 SIZE_MB = 64
@@ -64,12 +64,9 @@ def kernel_lab(ctx: Context) -> SectionResult:
         image = Path(scratch) / "qemu-disk.img"
         with image.open("wb") as disk:
             disk.truncate((SIZE_MB + 16) << 20)
-        peer_image = Path(scratch) / "usbip-disk.img"
-        with peer_image.open("wb") as disk:
-            disk.truncate((SIZE_MB + 16) << 20)
         with (
             _host_disk(Path(scratch) / "usbwire-disk.img") as host_port,
-            _peer_disk(peer_image, ctx.server("usbip") is not None) as peer_port,
+            _peer_disk(Path(scratch) / "usbip-disk.img", ctx.server("usbip") is not None) as peer_port,
             lab.vm(usb=[storage(image, id="disk")], cpus=2, memory_mb=1024, hard_timeout_s=1800) as vm,
         ):
             busid = vm.wait_for_usb(*QEMU_STORAGE_ID)
@@ -92,7 +89,7 @@ def kernel_lab(ctx: Context) -> SectionResult:
                 measure(KERNEL, lambda: _attach(vm, "127.0.0.1", USBIP_PORT, busid))
                 vm.run("killall usbipd; sleep 0.2")
                 # usbwire's emulated disk, from the host.
-                measure("usbwire-emulated", lambda: _attach(vm, "10.0.2.2", host_port, "5-1"))
+                measure("usbwire-emulated", lambda: _attach(vm, "10.0.2.2", host_port, "1-1"))
                 if peer_port:
                     measure("usbip-emulated", lambda: _attach(vm, "10.0.2.2", peer_port, "1-1"))
                 # usbwire in the guest with the usbip-host backend (device still bound).
@@ -182,32 +179,19 @@ def _peer_disk(image: Path, wanted: bool) -> Iterator[int]:
     if not wanted:
         yield 0
         return
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench._peer_usbip", "--host", "127.0.0.1", "--disk", str(image)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        port = 0
-        for line in process.stderr:
-            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-                port = int(match[1])
-                break
-        if not port:
-            raise RuntimeError(f"PyPI usbip's disk did not start (exit {process.wait(10)})")
+    with image.open("wb") as disk:
+        disk.truncate((SIZE_MB + 16) << 20)
+    argv = [sys.executable, "-m", "bench._peer_usbip", "--host", "127.0.0.1", "--disk", str(image)]
+    with listening_process(argv, "PyPI usbip's disk") as port:
         yield port
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @contextmanager
-def _host_disk(path: Path) -> Iterator[int]:
-    from tests.conftest import start_server
-    from usbwire.backends.emulated import EmulatedExport
-    from usbwire.devices.msc import MassStorage
-
-    for running in start_server():
-        running.export(EmulatedExport(MassStorage(path, size=(SIZE_MB + 16) << 20), busid="5-1", busnum=5, devnum=2))
-        yield running.port
+def _host_disk(image: Path) -> Iterator[int]:
+    """``usbwire serve --disk image`` on the host's 127.0.0.1 (its port; the disk is 1-1), on
+    the default loop, as a user runs it."""
+    with image.open("wb") as disk:
+        disk.truncate((SIZE_MB + 16) << 20)
+    argv = [sys.executable, "-m", "usbwire", "serve", "--host", "127.0.0.1", "--port", "0", "--control", "none"]
+    with listening_process([*argv, "--disk", str(image)], "usbwire's disk") as port:
+        yield port

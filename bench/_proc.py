@@ -1,8 +1,13 @@
-"""Reading a server process's cost from /proc: CPU time, resident memory, open descriptors."""
+"""Server processes: one run for a block, and its cost read from /proc (CPU time, resident
+memory, open descriptors)."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -76,3 +81,23 @@ def machine_busy_seconds() -> float:
     # proc(5): cpu user nice system idle iowait irq softirq steal guest guest_nice
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS_PER_S
+
+
+@contextmanager
+def listening_process(argv: Sequence[str], what: str) -> Iterator[int]:
+    """Run ``argv``, a server that says ``listening on 127.0.0.1:PORT`` on stderr, for the
+    block; yields PORT."""
+    process = subprocess.Popen(list(argv), stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        port = 0
+        for line in process.stderr:
+            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                port = int(match[1])
+                break
+        if not port:
+            raise RuntimeError(f"{what} did not start (exit {process.wait(10)})")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)

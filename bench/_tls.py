@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench._model import Row, Sample, SectionResult
+from bench._proc import listening_process
 from bench._registry import Context, section
 from bench._servers import usbwire_serve_args
 
@@ -32,18 +31,8 @@ CONTROL_IN_FLIGHT, BULK_IN_FLIGHT, BULK_SIZE = 32, 8, 65536
 def _server(server_cpu: int, tls: tuple[Path, Path] | None) -> Iterator[int]:
     extra = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
     argv = [sys.executable, *usbwire_serve_args("uvloop", "none", *extra)]
-    process = subprocess.Popen(["taskset", "-c", str(server_cpu), *argv], stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None
-    port = 0
-    for line in process.stderr:
-        if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-            port = int(match[1])
-            break
-    try:
+    with listening_process(["taskset", "-c", str(server_cpu), *argv], "usbwire") as port:
         yield port
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 async def _control_rate(port: int, context: ssl.SSLContext | None, seconds: float) -> float:
