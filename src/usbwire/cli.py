@@ -24,8 +24,9 @@ from usbwire import (
     ServeOptions,
     UsbwireError,
 )
+from usbwire.addresses import host_port
 from usbwire.config import port_number
-from usbwire.discovery import Advertisement, discover
+from usbwire.discovery import Found, survey
 from usbwire.exports import RESCAN_INTERVAL_S
 from usbwire.server.metrics import parse_address as parse_metrics_address
 
@@ -501,7 +502,10 @@ def _serve_flags(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str
     if args.advertise is not None:
         flags["advertise"] = args.advertise
     if args.metrics is not None:
-        flags["metrics"] = parse_metrics_address(args.metrics)
+        try:
+            flags["metrics"] = parse_metrics_address(args.metrics)
+        except UsbwireError as error:
+            raise UsbwireError(f"--metrics: {error}") from None
     if args.backend != "libusb" or "backend" not in settings:
         flags["backend"] = args.backend
     if args.rescan_interval != RESCAN_INTERVAL_S or "rescan_interval" not in settings:
@@ -586,63 +590,39 @@ def _print_devices(devices: Sequence[DeviceInfo]) -> None:
 def _discover(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UsbwireError("--timeout must be more than 0 seconds")
-    given_tls = _client_tls(args)
-    token = _token(args)
-
-    async def find() -> list[tuple[Advertisement, list[DeviceInfo] | None, str | None]]:
-        if not args.json:
-            print(f"{PROG}: info: listening for servers for {args.timeout:g} s...", file=sys.stderr)
-        servers = await discover(args.timeout, args.interface)
-
-        async def devices(server: Advertisement) -> tuple[Advertisement, list[DeviceInfo] | None, str | None]:
-            # TLS as the server says it speaks: with the given credentials, else the system's CAs.
-            context = None
-            if server.tls:
-                context = given_tls or usbwire.client_tls_context(None, None, None)
-            try:
-                found = await usbwire.list_devices(server.addresses[0], server.port, ssl=context, token=token)
-            except (UsbwireError, OSError) as error:
-                return server, None, str(error)
-            return server, found, None
-
-        return list(await asyncio.gather(*(devices(server) for server in servers if server.addresses)))
-
-    found = asyncio.run(find())
+    if not args.json:
+        print(f"{PROG}: info: listening for servers for {args.timeout:g} s...", file=sys.stderr)
+    found = asyncio.run(survey(args.timeout, args.interface, ssl=_client_tls(args), token=_token(args)))
     if args.json:
-        print(json.dumps([_advertised_json(*entry) for entry in found], indent=2))
+        print(json.dumps([_found_json(entry) for entry in found], indent=2))
         return 0
     if not found:
         print(f"{PROG}: info: no USB/IP server answered", file=sys.stderr)
         return 0
     print("USB/IP servers on the local network")
     print("===================================")
-    for server, devices, error in found:
+    for entry in found:
+        server = entry.server
         what = ", ".join(filter(None, [server.implementation, "TLS" if server.tls else None]))
-        print(f" - {server.name} at {_host_port(server.addresses[0], server.port)}" + (f" ({what})" if what else ""))
-        if error is not None:
-            print(f"{'':>11}  devices not listed: {error}")
-            print()
-        elif not devices:
-            print(f"{'':>11}  no exportable devices")
-            print()
-        else:
-            _print_devices(devices)
+        print(f" - {server.name} at {host_port(server.addresses[0], server.port)}" + (f" ({what})" if what else ""))
+        if entry.devices:
+            _print_devices(entry.devices)
+            continue
+        print(f"{'':>11}  " + (f"devices not listed: {entry.error}" if entry.error else "no exportable devices"))
+        print()
     return 0
 
 
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _advertised_json(server: Advertisement, devices: list[DeviceInfo] | None, error: str | None) -> dict[str, Any]:
+def _found_json(found: Found) -> dict[str, Any]:
+    server = found.server
     return {
         "name": server.name,
         "addresses": list(server.addresses),
         "port": server.port,
         "tls": server.tls,
         "implementation": server.implementation,
-        "devices": None if devices is None else [_device_json(device) for device in devices],
-        "error": error,
+        "devices": None if found.devices is None else [_device_json(device) for device in found.devices],
+        "error": found.error,
     }
 
 

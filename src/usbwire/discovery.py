@@ -2,8 +2,9 @@
 
 A server started with ``--advertise`` announces the service instance ``NAME._usbip._tcp.local.``
 on the addresses it listens on, with TXT keys ``txtvers=1``, ``tls=0|1`` and ``impl=usbwire
-VERSION``; it sends goodbyes when it stops. :func:`discover` (``usbwire discover``) browses for
-that service type for a while and resolves what answered; a :class:`Browser` follows servers
+VERSION``; it sends goodbyes when it stops. :func:`discover` browses for that service type for
+a while and resolves what answered, :func:`survey` (``usbwire discover``) then asks each for its
+devices; a :class:`Browser` follows servers
 as they come and go. Which devices a server exports is
 not announced (it changes, and access rules decide what each client may see): ask the server
 with OP_REQ_DEVLIST, as ``usbwire list -r`` does.
@@ -19,10 +20,14 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from ssl import SSLContext
 from types import ModuleType
 from typing import Any
 
+from usbwire.client.remote import list_devices
 from usbwire.errors import UsbwireError
+from usbwire.protocol.pdu import DeviceInfo
+from usbwire.tls import client_context
 
 log = logging.getLogger("usbwire.discovery")
 
@@ -216,6 +221,43 @@ class Browser:
             *(info.async_request(self._zeroconf.zeroconf, RESOLVE_TIMEOUT_MS) for info in infos)
         )
         return [_advertisement(info) for info, ok in zip(infos, answered, strict=True) if ok]
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A server that answered, and what it exports (None, with why, if it could not be asked)."""
+
+    server: Advertisement
+    devices: list[DeviceInfo] | None
+    error: str | None = None
+
+
+async def survey(
+    timeout: float = 2.0,
+    interfaces: Sequence[str] | None = None,
+    ssl: SSLContext | None = None,
+    token: str | None = None,
+) -> list[Found]:
+    """:func:`discover`, then every server's devices (OP_REQ_DEVLIST), all asked at once.
+
+    Args:
+        timeout: How long to listen for servers.
+        interfaces: Addresses of this machine's interfaces to ask on (default: all).
+        ssl: For the servers that say they speak TLS (default: the system's CAs); the
+            others are asked in the clear.
+        token: Proved to every server that asks for one.
+    """
+    servers = [server for server in await discover(timeout, interfaces) if server.addresses]
+
+    async def ask(server: Advertisement) -> Found:
+        context = (ssl or client_context()) if server.tls else None
+        try:
+            devices = await list_devices(server.addresses[0], server.port, ssl=context, token=token)
+        except (UsbwireError, OSError) as error:
+            return Found(server, None, str(error))
+        return Found(server, devices)
+
+    return list(await asyncio.gather(*(ask(server) for server in servers)))
 
 
 async def discover(timeout: float = 2.0, interfaces: Sequence[str] | None = None) -> list[Advertisement]:

@@ -70,7 +70,7 @@ def test_counters_and_gauges_follow_an_import_its_urbs_and_its_end(tmp_path: Pat
 @pytest.mark.parametrize(
     ("address", "message"),
     [
-        pytest.param("nonsense", "bad metrics address 'nonsense': expected [HOST:]PORT", id="no-port"),
+        pytest.param("nonsense", "--metrics: bad address 'nonsense': expected [HOST:]PORT", id="no-port"),
         pytest.param("127.0.0.1:70000", "PORT 0-65535", id="port-range"),
         pytest.param("TAKEN", "cannot serve metrics on 127.0.0.1:", id="in-use"),
     ],

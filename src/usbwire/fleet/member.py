@@ -8,6 +8,7 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
+from usbwire.addresses import host_port
 from usbwire.config import port_number
 from usbwire.errors import UsbwireError
 from usbwire.fleet import keys
@@ -105,4 +106,4 @@ def _address(server: Server) -> str:
     host, port = server.addresses[0]
     if host in ("0.0.0.0", "::"):
         host = socket.getfqdn()
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host, port)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from usbwire import auth
+from usbwire.addresses import host_port
 from usbwire.backends.base import KernelExport
 from usbwire.errors import RemoteProtocolError
 from usbwire.keepalive import keepalive
@@ -783,8 +784,7 @@ class BufferedUsbipProtocol(UsbipProtocol, asyncio.BufferedProtocol):
 
 def _format_peer(peer: object) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return host_port(str(peer[0]), peer[1])
     return str(peer or "local")
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from usbwire.addresses import host_port, parse_host_port
 from usbwire.errors import UsbwireError
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ class MetricsEndpoint:
         except OSError as error:
             raise UsbwireError(f"cannot serve metrics on {self.host}:{self.port}: {error.strerror}") from None
         self.port = int(self._http.server_port)
-        log.info("metrics on http://%s/metrics", _host_port(self.host, self.port))
+        log.info("metrics on http://%s/metrics", host_port(self.host, self.port))
 
     async def close(self) -> None:
         if self._http is None:
@@ -154,18 +155,6 @@ class MetricsEndpoint:
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """``[HOST:]PORT`` as the user gave it (HOST defaults to 127.0.0.1: the figures name the
-    exports, which not everyone need see); IPv6 hosts in brackets."""
-    host, separator, port_text = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]") if separator else "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise UsbwireError(f"bad metrics address {text!r}: expected [HOST:]PORT") from None
-    if not 0 <= port <= 65535 or not host:
-        raise UsbwireError(f"bad metrics address {text!r}: expected [HOST:]PORT, PORT 0-65535")
-    return host, port
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """``[HOST:]PORT`` as the user gave it. HOST defaults to 127.0.0.1: the figures name the
+    exports, which not everyone need see."""
+    return parse_host_port(text, "127.0.0.1")

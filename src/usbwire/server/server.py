@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from ssl import SSLContext
 from typing import Any
 
+from usbwire.addresses import host_port
 from usbwire.errors import UsbwireError
 from usbwire.protocol.connection import DEFAULT_MAX_TRANSFER
 from usbwire.protocol.constants import DEFAULT_PORT
@@ -193,7 +194,7 @@ class Server:
 
 def _address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host, port)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
