@@ -3,11 +3,10 @@
 A server started with ``--advertise`` announces the service instance ``NAME._usbip._tcp.local.``
 on the addresses it listens on, with TXT keys ``txtvers=1``, ``tls=0|1`` and ``impl=usbwire
 VERSION``; it sends goodbyes when it stops. :func:`discover` browses for that service type for
-a while and resolves what answered, :func:`survey` (``usbwire discover``) then asks each for its
-devices; a :class:`Browser` follows servers
-as they come and go. Which devices a server exports is
-not announced (it changes, and access rules decide what each client may see): ask the server
-with OP_REQ_DEVLIST, as ``usbwire list -r`` does.
+a while and resolves what answered; :func:`survey` (``usbwire discover``) then asks each server
+for its devices with OP_REQ_DEVLIST, as ``usbwire list -r`` does: they are not announced, as
+they change and access rules decide what each client may see. A :class:`Browser` follows
+servers as they come and go.
 
 Needs the ``zeroconf`` package: ``pip install 'usbwire[discovery]'``.
 """
