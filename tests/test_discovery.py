@@ -12,8 +12,10 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
 
 from tests.conftest import wait_until
 from tests.processes import serve_process
@@ -36,20 +38,39 @@ def test_an_advertised_server_is_discovered_with_where_it_listens_and_what_it_ex
     log = tmp_path / "serve.log"
     with serve_process(log, "--advertise", name) as served:
         wait_until(lambda: advertised(log), "the server to advertise itself")
-        found = subprocess.run(
-            [sys.executable, "-m", "usbwire", "discover", "--interface", "127.0.0.1", "--timeout", "3", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-    servers = {server["name"]: server for server in json.loads(found.stdout)}
-    assert name in servers, found.stdout
+        servers = usbwire_json("discover", "--interface", "127.0.0.1", "--timeout", "3", "--json")
+    assert name in servers, servers
     server = servers[name]
     assert (server["addresses"], server["port"], server["tls"]) == (["127.0.0.1"], served.port, False)
     assert server["implementation"].startswith("usbwire ")
     assert [device["busid"] for device in server["devices"]] == ["1-1", "1-2", "1-3", "1-4", "1-5"]
     assert server["error"] is None
+
+
+def test_a_tls_server_says_so_and_is_listed_over_tls_with_the_ca_given(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    name = unique_name()
+    log = tmp_path / "serve.log"
+    discover_args = ["discover", "--interface", "127.0.0.1", "--timeout", "3", "--json"]
+    with serve_process(log, "--advertise", name, "--tls-cert", str(tmp_path / "server.pem")):
+        wait_until(lambda: advertised(log), "the server to advertise itself")
+        with_ca = usbwire_json(*discover_args, "--ca", str(tmp_path / "ca.pem"))[name]
+        without = usbwire_json(*discover_args)[name]  # the system's CAs do not know ours
+    assert with_ca["tls"] is True and with_ca["error"] is None
+    assert [device["busid"] for device in with_ca["devices"]] == ["1-1", "1-2", "1-3", "1-4", "1-5"]
+    assert without["tls"] is True and without["devices"] is None
+    assert "certificate" in without["error"], without["error"]
+
+
+def usbwire_json(*args: str) -> dict[str, dict[str, Any]]:
+    """``usbwire ARGS`` (with --json): the servers it printed, by name."""
+    result = subprocess.run(
+        [sys.executable, "-m", "usbwire", *args], capture_output=True, text=True, timeout=60, check=True
+    )
+    return {server["name"]: server for server in json.loads(result.stdout)}
 
 
 def test_a_server_that_stops_is_withdrawn_from_a_browser_watching(tmp_path: Path) -> None:

@@ -133,6 +133,12 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     if options.metrics is not None:
         metrics.ensure_installed()
     server = Server(limits=options.limits, policy=options.policy)
+    # Before anything starts: a signal during the start then ends in the clean stop below
+    # (goodbyes sent, images synced) once the start is done, instead of killing the process.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     rules = ExportRules.parse(options.exports)
     real = RealDevices(server.registry, rules, options.backend, options.rescan_interval) if rules else None
     if options.demo or not (rules or disks):
@@ -188,10 +194,6 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     for bridge in bridges:
         bridge.start()
         log.info("serial port %s is bridged to %s", bridge.serial_name, bridge.path)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     if started is not None:
         started.set()
     try:
