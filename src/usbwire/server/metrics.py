@@ -141,7 +141,7 @@ class MetricsEndpoint:
         try:
             self._http, _ = start_http_server(self.port, self.host, registry)
         except OSError as error:
-            raise UsbwireError(f"cannot serve metrics on {self.host}:{self.port}: {error.strerror}") from None
+            raise UsbwireError(f"cannot serve metrics on {host_port(self.host, self.port)}: {error.strerror}") from None
         self.port = int(self._http.server_port)
         log.info("metrics on http://%s/metrics", host_port(self.host, self.port))
 
