@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import trustme
 
 from tests.conftest import wait_until
 from tests.processes import serve_process
+from tests.test_cli import usbwire
 from usbwire.discovery import Browser, discover
 
 LOOPBACK = ["127.0.0.1"]
@@ -67,10 +66,7 @@ def test_a_tls_server_says_so_and_is_listed_over_tls_with_the_ca_given(tmp_path:
 
 def usbwire_json(*args: str) -> dict[str, dict[str, Any]]:
     """``usbwire ARGS`` (with --json): the servers it printed, by name."""
-    result = subprocess.run(
-        [sys.executable, "-m", "usbwire", *args], capture_output=True, text=True, timeout=60, check=True
-    )
-    return {server["name"]: server for server in json.loads(result.stdout)}
+    return {server["name"]: server for server in json.loads(usbwire(*args).stdout)}
 
 
 def test_a_server_that_stops_is_withdrawn_from_a_browser_watching(tmp_path: Path) -> None:
@@ -127,8 +123,7 @@ def test_two_servers_asking_for_one_name_are_told_apart(tmp_path: Path) -> None:
 def test_nonsense_is_refused_in_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     config = tmp_path / "usbwire.toml"
     config.write_text("[server]\nadvertise = 5\n")
-    argv = [sys.executable, "-m", "usbwire", *[str(config) if arg == "CONFIG" else arg for arg in args]]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    result = usbwire(*[str(config) if arg == "CONFIG" else arg for arg in args], check=False)
     assert result.returncode == 1, result.stderr
     assert result.stderr.endswith(f"{message}\n") and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("usbwire: error: ")

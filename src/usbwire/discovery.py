@@ -88,9 +88,10 @@ def _machine_addresses(versions: set[int]) -> list[str]:
     return sorted(found)
 
 
-def _ip_version(addresses: Sequence[str]) -> Any:
+def _ip_version(addresses: Sequence[str] | None) -> Any:
+    """zeroconf's IP version choice for ``addresses`` (None or none at all: both)."""
     zeroconf, _ = _modules()
-    versions = {ipaddress.ip_address(address).version for address in addresses}
+    versions = {ipaddress.ip_address(address).version for address in addresses or ()}
     if versions == {4}:
         return zeroconf.IPVersion.V4Only
     if versions == {6}:
@@ -122,7 +123,7 @@ class Advertiser:
             hosts = _machine_addresses({ipaddress.ip_address(host).version for host in hosts})
         self.addresses = hosts
         self._interfaces = _interfaces(hosts)
-        self._ip_version = _ip_version(hosts) if hosts else zeroconf.IPVersion.All
+        self._ip_version = _ip_version(hosts)
         self._info = zeroconf.asyncio.AsyncServiceInfo(
             SERVICE_TYPE,
             f"{name}.{SERVICE_TYPE}",
@@ -179,7 +180,7 @@ class Browser:
 
     async def __aenter__(self) -> Browser:
         zeroconf, zeroconf_asyncio = _modules()
-        ip_version = _ip_version(self._interfaces) if self._interfaces else zeroconf.IPVersion.All
+        ip_version = _ip_version(self._interfaces)
         removed = zeroconf.ServiceStateChange.Removed
 
         # zeroconf calls handlers with these keyword arguments, on the running loop.

@@ -128,8 +128,9 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     webcam = Webcam(options.webcam) if options.webcam is not None else None
     # Likewise a disk image that is missing, locked by another program or not a disk.
     disks = [disk.device() for disk in options.disks]
-    if options.advertise is not None:
-        discovery.check_name(options.advertise or socket.gethostname())
+    advertised_name = None if options.advertise is None else options.advertise or socket.gethostname()
+    if advertised_name is not None:
+        discovery.check_name(advertised_name)
     if options.metrics is not None:
         metrics.ensure_installed()
     server = Server(limits=options.limits, policy=options.policy)
@@ -173,9 +174,10 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         endpoint = metrics.MetricsEndpoint(server, *options.metrics, version=__version__)
         await endpoint.start()
     advertiser = None
-    if options.advertise is not None:
-        name = options.advertise or socket.gethostname()
-        advertiser = discovery.Advertiser(name, server.addresses, tls=context is not None, version=__version__)
+    if advertised_name is not None:
+        advertiser = discovery.Advertiser(
+            advertised_name, server.addresses, tls=context is not None, version=__version__
+        )
         await advertiser.start()
     member = None
     if options.fleet is not None:
