@@ -61,9 +61,7 @@ def kernel_lab(ctx: Context) -> SectionResult:
         return result
 
     with tempfile.TemporaryDirectory() as scratch:
-        image = Path(scratch) / "qemu-disk.img"
-        with image.open("wb") as disk:
-            disk.truncate((SIZE_MB + 16) << 20)
+        image = _blank_image(Path(scratch) / "qemu-disk.img")
         with (
             _host_disk(Path(scratch) / "usbwire-disk.img") as host_port,
             _peer_disk(Path(scratch) / "usbip-disk.img", ctx.server("usbip") is not None) as peer_port,
@@ -107,26 +105,33 @@ def kernel_lab(ctx: Context) -> SectionResult:
             f"{row.key} MB/s: " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items() if v is not None)
         )
         for server in SERVERS[1:]:
-            ratios = [
-                a.value / b.value
-                for a, b in zip(row.samples.get(server, []), row.samples.get(KERNEL, []), strict=False)
-                if a is not None and b is not None and b.value
-            ]
-            if ratios:
-                result.notes.append(f"{row.key}: {server} / kernel = {statistics.median(ratios):.2f}x")
-        ratios = [
-            ours.value / peer.value
-            for ours, peer in zip(
-                row.samples.get("usbwire-emulated", []), row.samples.get("usbip-emulated", []), strict=False
-            )
-            if ours is not None and peer is not None and peer.value
-        ]
-        if ratios:
+            ratio = _paired_ratio(row, server, KERNEL)
+            if ratio is not None:
+                result.notes.append(f"{row.key}: {server} / kernel = {ratio:.2f}x")
+        ratio = _paired_ratio(row, "usbwire-emulated", "usbip-emulated")
+        if ratio is not None:
             result.notes.append(
-                f"{row.key}: usbwire-emulated / usbip-emulated = {statistics.median(ratios):.2f}x"
+                f"{row.key}: usbwire-emulated / usbip-emulated = {ratio:.2f}x"
                 " (both disks behind QEMU's user-mode network, which bounds them alike)"
             )
     return result
+
+
+def _paired_ratio(row: Row, server: str, reference: str) -> float | None:
+    """The median of ``server``'s samples over ``reference``'s of the same repetition."""
+    ratios = [
+        a.value / b.value
+        for a, b in zip(row.samples.get(server, []), row.samples.get(reference, []), strict=False)
+        if a is not None and b is not None and b.value
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
+def _blank_image(path: Path) -> Path:
+    """A sparse disk image at ``path``, big enough for the dd runs."""
+    with path.open("wb") as disk:
+        disk.truncate((SIZE_MB + 16) << 20)
+    return path
 
 
 def _attach(vm: object, host: str, port: int, busid: str) -> str:
@@ -179,9 +184,7 @@ def _peer_disk(image: Path, wanted: bool) -> Iterator[int]:
     if not wanted:
         yield 0
         return
-    with image.open("wb") as disk:
-        disk.truncate((SIZE_MB + 16) << 20)
-    argv = [sys.executable, "-m", "bench._peer_usbip", "--host", "127.0.0.1", "--disk", str(image)]
+    argv = [sys.executable, "-m", "bench._peer_usbip", "--host", "127.0.0.1", "--disk", str(_blank_image(image))]
     with listening_process(argv, "PyPI usbip's disk") as port:
         yield port
 
@@ -190,8 +193,6 @@ def _peer_disk(image: Path, wanted: bool) -> Iterator[int]:
 def _host_disk(image: Path) -> Iterator[int]:
     """``usbwire serve --disk image`` on the host's 127.0.0.1 (its port; the disk is 1-1), on
     the default loop, as a user runs it."""
-    with image.open("wb") as disk:
-        disk.truncate((SIZE_MB + 16) << 20)
     argv = [sys.executable, "-m", "usbwire", "serve", "--host", "127.0.0.1", "--port", "0", "--control", "none"]
-    with listening_process([*argv, "--disk", str(image)], "usbwire's disk") as port:
+    with listening_process([*argv, "--disk", str(_blank_image(image))], "usbwire's disk") as port:
         yield port
