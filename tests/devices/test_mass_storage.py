@@ -25,6 +25,7 @@ from tests.wire import WireClient
 from usbwire.backends.emulated import EmulatedExport
 from usbwire.demo import DEVICE_KINDS
 from usbwire.devices.msc import BLOCK_SIZE, Image, MassStorage
+from usbwire.devices.msc import image as image_module
 from usbwire.devices.msc.bot import Phase
 from usbwire.devices.requests import Setup
 from usbwire.errors import Stall
@@ -879,7 +880,7 @@ def test_bulk_only_reset_abandons_a_command_in_its_data_phase(host: BotHost, dis
 def test_a_reset_during_a_slow_fsync_abandons_that_command_for_good(
     disk: MassStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def scenario() -> bytes:
+    async def scenario() -> tuple[bool, bytes]:
         release = asyncio.Event()
 
         async def slow_sync() -> None:
@@ -890,31 +891,32 @@ def test_a_reset_during_a_slow_fsync_abandons_that_command_for_good(
         disk.set_configuration(1)
         bulk_in, bulk_out = disk.endpoint(1, Direction.IN), disk.endpoint(2, Direction.OUT)
         assert bulk_in is not None and bulk_out is not None
-        syncing = asyncio.ensure_future(
-            disk.transfer(bulk_out, cbw(synchronize_cache_10(), length=0, direction=Direction.OUT, tag=1), 31)
-        )
+        await disk.transfer(bulk_out, cbw(synchronize_cache_10(), length=0, direction=Direction.OUT, tag=1), 31)
+        status = asyncio.ensure_future(disk.transfer(bulk_in, b"", 13))  # waits for the fsync
         await asyncio.sleep(0.01)
         await disk.control(Setup(0x21, BULK_ONLY_RESET, 0, 0, 0), b"")  # the host gave up waiting
         release.set()
-        await asyncio.wait_for(syncing, 1)
-        # The abandoned command left no CSW behind: the next one is answered on its own.
-        await asyncio.wait_for(disk.transfer(bulk_out, cbw(tur(), length=0, direction=Direction.OUT, tag=2), 31), 1)
-        return await asyncio.wait_for(disk.transfer(bulk_in, b"", 13), 1)
+        await asyncio.sleep(0.01)
+        abandoned = not status.done()  # the abandoned command's CSW never comes...
+        await disk.transfer(bulk_out, cbw(tur(), length=0, direction=Direction.OUT, tag=2), 31)
+        return abandoned, await asyncio.wait_for(status, 1)  # ... the next command's does
 
-    assert struct.unpack("<IIIB", asyncio.run(scenario())) == (0x53425355, 2, 0, PASSED)
+    abandoned, csw = asyncio.run(scenario())
+    assert abandoned
+    assert struct.unpack("<IIIB", csw) == (0x53425355, 2, 0, PASSED)
 
 
-def slow_flush(disk: MassStorage, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """Make the image's writes reach it only once the returned event is set (a slow disk)."""
-    assert disk.image is not None
-    real_flush = disk.image.flush
-    release = asyncio.Event()
+def slow_writes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make the image's writer thread hold every write until the returned event is set (a
+    slow disk)."""
+    release = threading.Event()
+    real_write_all = image_module._write_all
 
-    async def flush() -> None:
-        await release.wait()
-        await real_flush()
+    def write_all(fd: int, data: bytes, offset: int, path: str) -> None:
+        release.wait(10)
+        real_write_all(fd, data, offset, path)
 
-    monkeypatch.setattr(disk.image, "flush", flush)
+    monkeypatch.setattr(image_module, "_write_all", write_all)
     return release
 
 
@@ -922,7 +924,7 @@ def test_a_write_commands_status_waits_for_its_blocks_but_its_data_urb_does_not(
     disk: MassStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario() -> tuple[bool, bool, bytes]:
-        release = slow_flush(disk, monkeypatch)
+        release = slow_writes(monkeypatch)
         disk.set_configuration(1)
         bulk_in, bulk_out = disk.endpoint(1, Direction.IN), disk.endpoint(2, Direction.OUT)
         assert bulk_in is not None and bulk_out is not None
@@ -947,7 +949,7 @@ def test_a_reset_while_the_status_waits_for_the_blocks_abandons_that_command(
     disk: MassStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario() -> bytes:
-        release = slow_flush(disk, monkeypatch)
+        release = slow_writes(monkeypatch)
         disk.set_configuration(1)
         bulk_in, bulk_out = disk.endpoint(1, Direction.IN), disk.endpoint(2, Direction.OUT)
         assert bulk_in is not None and bulk_out is not None
@@ -963,6 +965,36 @@ def test_a_reset_while_the_status_waits_for_the_blocks_abandons_that_command(
         return await asyncio.wait_for(status, 1)  # ... the next command's does
 
     assert struct.unpack("<IIIB", asyncio.run(scenario())) == (0x53425355, 6, 0, PASSED)
+
+
+def test_a_command_on_cached_blocks_completes_without_waiting(disk: MassStorage) -> None:
+    # Every stage answered by transfer_now: the server's fast lane, no coroutine per URB.
+    disk.set_configuration(1)
+    write = cbw(write10(16, 8), length=8 * BLOCK_SIZE, direction=Direction.OUT, tag=1)
+    assert disk.transfer_now(0x02, write, 31) == b""
+    assert disk.transfer_now(0x02, pattern(8), 8 * BLOCK_SIZE) == b""
+    assert disk.image is not None
+    disk.image.read_now(0, BLOCK_SIZE)  # (blocks until the writer thread has the block)
+    assert struct.unpack("<IIIB", disk.transfer_now(0x81, b"", 13) or b"") == (0x53425355, 1, 0, PASSED)
+    read = cbw(read10(16, 8), length=8 * BLOCK_SIZE, direction=Direction.IN, tag=2)
+    assert disk.transfer_now(0x02, read, 31) == b""
+    assert disk.transfer_now(0x81, b"", 8 * BLOCK_SIZE) == pattern(8)
+    assert struct.unpack("<IIIB", disk.transfer_now(0x81, b"", 13) or b"") == (0x53425355, 2, 0, PASSED)
+
+
+def test_the_status_of_a_write_still_behind_is_declined_untouched(
+    disk: MassStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = slow_writes(monkeypatch)
+    disk.set_configuration(1)
+    disk.transfer_now(0x02, cbw(write10(3, 1), length=BLOCK_SIZE, direction=Direction.OUT, tag=8), 31)
+    assert disk.transfer_now(0x02, pattern(1), BLOCK_SIZE) == b""
+    assert disk.transfer_now(0x81, b"", 13) is None  # the block is not in the image yet
+    assert disk.phase == Phase.STATUS
+    release.set()
+    assert disk.image is not None
+    assert disk.image.read_now(3 * BLOCK_SIZE, BLOCK_SIZE) == pattern(1)
+    assert struct.unpack("<IIIB", disk.transfer_now(0x81, b"", 13) or b"") == (0x53425355, 8, 0, PASSED)
 
 
 def test_an_in_urb_queued_before_the_cbw_waits_and_gets_the_csw(disk: MassStorage) -> None:

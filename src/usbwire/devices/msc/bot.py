@@ -160,17 +160,35 @@ class BulkOnlyDevice(Device):
         self._notify()
 
     # -- bulk transfers -------------------------------------------------------------------
+    # Each stage is tried without waiting first (``out_now``/``in_now``, also the server's fast
+    # lane); only a stage that has to wait for the disk takes the coroutine after it.
+
+    def out_now(self, endpoint: Endpoint, data: bytes) -> bool:
+        if self.phase == Phase.COMMAND:
+            self._receive_command(data)
+            return True
+        if self.phase == Phase.DATA_OUT:
+            return self._receive_data_now(data)
+        return False
+
+    def in_now(self, endpoint: Endpoint, length: int) -> bytes | None:
+        if self.phase == Phase.DATA_IN:
+            return self._send_data_now(length)
+        if self.phase == Phase.STATUS:
+            return self._send_status_now()
+        return None
 
     async def handle_out(self, endpoint: Endpoint, data: bytes) -> None:
         await self._wait_until(endpoint, lambda: self.phase in _OUT_READY)
-        if self.phase == Phase.COMMAND:
-            await self._receive_command(data)
-        else:
+        if not self.out_now(endpoint, data):
             await self._receive_data(data)
 
     async def handle_in(self, endpoint: Endpoint, length: int) -> bytes:
         while True:
             await self._wait_until(endpoint, lambda: self.phase in _IN_READY)
+            ready = self.in_now(endpoint, length)
+            if ready is not None:
+                return ready
             if self.phase == Phase.DATA_IN:
                 return await self._send_data(length)
             csw = await self._send_status()
@@ -178,7 +196,7 @@ class BulkOnlyDevice(Device):
                 return csw
             # A reset abandoned the command while it finished: this URB waits for the next.
 
-    async def _receive_command(self, raw: bytes) -> None:
+    def _receive_command(self, raw: bytes) -> None:
         cbw = CommandBlockWrapper.from_bytes(raw, max_lun=0)
         if cbw is None:
             # BOT §6.6.1: stall both pipes until a Reset Recovery, whatever the host clears.
@@ -188,15 +206,12 @@ class BulkOnlyDevice(Device):
             self._halt(Direction.IN)
             self._halt(Direction.OUT)
             return
-        generation = self._generation
         try:
-            transfer = await self.unit.start(cbw.cdb)
+            transfer = self.unit.start(cbw.cdb)
             status = CswStatus.PASSED
         except CheckCondition as error:
             self.unit.failed(error)
             transfer, status = NO_DATA, CswStatus.FAILED
-        if generation != self._generation:
-            return
         command = _Command(cbw.tag, cbw.data_transfer_length, transfer, status)
         self._command = command
         self._plan(command, cbw.direction)
@@ -223,43 +238,72 @@ class BulkOnlyDevice(Device):
             self.phase = Phase.DATA_IN if host_direction == Direction.IN else Phase.DATA_OUT
         self._notify()
 
+    def _send_data_now(self, length: int) -> bytes | None:
+        command = self._command
+        assert command is not None
+        try:
+            chunk = command.transfer.read_now(command.moved, min(length, command.planned - command.moved))
+        except CheckCondition as error:
+            self._data_failed(command, error, Direction.IN)
+            raise Stall("read failed") from error
+        if chunk is not None:
+            self._data_sent(command, chunk)
+        return chunk
+
     async def _send_data(self, length: int) -> bytes:
         command = self._command
         assert command is not None
-        size = min(length, command.planned - command.moved)
         generation = self._generation
         try:
-            chunk = await command.transfer.read(command.moved, size)
+            chunk = await command.transfer.read(command.moved, min(length, command.planned - command.moved))
         except CheckCondition as error:
             if generation == self._generation:
                 self._data_failed(command, error, Direction.IN)
             raise Stall("read failed") from error
-        if generation != self._generation:
-            return chunk
+        if generation == self._generation:
+            self._data_sent(command, chunk)
+        return chunk
+
+    def _data_sent(self, command: _Command, chunk: bytes) -> None:
         command.moved += len(chunk)
         if command.moved == command.planned:
             self._end_data(command, Direction.IN)
-        return chunk
+
+    def _receive_data_now(self, data: bytes) -> bool:
+        command = self._command
+        assert command is not None
+        take = min(len(data), command.planned - command.moved)
+        if not command.discard:
+            try:
+                if not command.transfer.write_now(command.moved, data if take == len(data) else data[:take]):
+                    return False
+            except CheckCondition as error:
+                self._data_failed(command, error, Direction.OUT)
+                raise Stall("write failed") from error
+        self._data_received(command, take, len(data))
+        return True
 
     async def _receive_data(self, data: bytes) -> None:
+        """:meth:`_receive_data_now` for data the transfer could not take without waiting."""
         command = self._command
         assert command is not None
         take = min(len(data), command.planned - command.moved)
         generation = self._generation
-        if not command.discard:
-            try:
-                await command.transfer.write(command.moved, data if take == len(data) else data[:take])
-            except CheckCondition as error:
-                if generation == self._generation:
-                    self._data_failed(command, error, Direction.OUT)
-                raise Stall("write failed") from error
-            if generation != self._generation:
-                return
+        try:
+            await command.transfer.write(command.moved, data if take == len(data) else data[:take])
+        except CheckCondition as error:
+            if generation == self._generation:
+                self._data_failed(command, error, Direction.OUT)
+            raise Stall("write failed") from error
+        if generation == self._generation:
+            self._data_received(command, take, len(data))
+
+    def _data_received(self, command: _Command, take: int, size: int) -> None:
         command.moved += take
         if command.moved < command.planned:
             return
         self._end_data(command, Direction.OUT)
-        if take < len(data) and command.planned < command.host_length:
+        if take < size and command.planned < command.host_length:
             # The device took the first part of this URB and stalled on the rest (case 11).
             raise Stall("more data than the command takes")
 
@@ -277,6 +321,18 @@ class BulkOnlyDevice(Device):
         self.phase = Phase.STATUS
         self._halt(direction)
 
+    def _send_status_now(self) -> bytes | None:
+        command = self._command
+        assert command is not None
+        if command.status == CswStatus.PASSED:
+            try:
+                if not command.transfer.finish_now():
+                    return None
+            except CheckCondition as error:
+                self.unit.failed(error)
+                command.status = CswStatus.FAILED
+        return self._status_sent(command)
+
     async def _send_status(self) -> bytes | None:
         """The CSW, once the command's transfer has finished; None if a reset abandoned the
         command meanwhile."""
@@ -292,6 +348,9 @@ class BulkOnlyDevice(Device):
                     command.status = CswStatus.FAILED
             if generation != self._generation:
                 return None
+        return self._status_sent(command)
+
+    def _status_sent(self, command: _Command) -> bytes:
         self._command = None
         self.phase = Phase.COMMAND
         self._notify()

@@ -1,13 +1,17 @@
 """The medium of a mass storage device: a raw image file read and written by position.
 
 The event loop never waits for the disk, which would stall every other device and client
-of the server. A read takes what the page cache holds at once (``RWF_NOWAIT``: a few us
-for 64 KiB) and the rest, a cold block, in a worker thread. Writes go to one worker thread
-in order, behind the URBs that carried them: a buffered write can wait on the disk too
-(dirty page throttling, a partly written page to read first), and handing every write over
-and waiting for it would cost a thread wake-up per URB. What the host is told stays exact:
-a command's status waits for its writes (:meth:`Image.flush`), a read waits for the writes
-before it, and :meth:`Image.sync` (``fsync``) for all of them.
+of the server. A read the page cache holds is done at once (``RWF_NOWAIT``: a few us for
+64 KiB), any other in a worker thread. Writes go to one worker thread in order, behind the
+URBs that carried them: a buffered write can wait on the disk too (dirty page throttling, a
+partly written page to read first), and handing every write over and waiting for it would
+cost a thread wake-up per URB. What the host is told stays exact: a command's status waits
+for its writes (:meth:`Image.flush`), a read waits for the writes before it, and
+:meth:`Image.sync` (``fsync``) for all of them.
+
+Reading, writing and flushing each have a form that never suspends (:meth:`Image.read_cached`,
+:meth:`Image.write_now`, :meth:`Image.flushed`): it declines, having done nothing, where the
+other would wait, so that the server's fast lane can answer most URBs without a coroutine.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import errno
 import fcntl
 import os
@@ -113,25 +118,37 @@ class Image:
                 (``EBADF``); a write done behind failed.
         """
         await self.flush()
+        cached = self.read_cached(offset, length)
+        if cached is not None:
+            return cached
+        # A copy of the descriptor, closed by the worker: if we are cancelled, or the image
+        # is closed meanwhile, the worker never touches a number the process reused.
+        fd = os.dup(self._fd)
+        return await asyncio.to_thread(_read_and_close, fd, offset, length, self.path)
+
+    def read_cached(self, offset: int, length: int) -> bytes | None:
+        """:meth:`read` if it needs no waiting: None, having done nothing, while a write is
+        still behind or the page cache lacks some of the bytes.
+
+        Raises:
+            OSError: As :meth:`read`.
+        """
+        if not self.flushed():
+            return None
         if not self._nowait_reads:
-            return self.read_now(offset, length)
+            return _read_all(self._fd, offset, length, self.path)
         buffer = bytearray(length)
         try:
             cached = os.preadv(self._fd, [buffer], offset, os.RWF_NOWAIT)
         except BlockingIOError:
-            cached = 0
+            return None
         except OSError as error:
             if error.errno != errno.EOPNOTSUPP:
                 raise
             self._nowait_reads = False
-            return self.read_now(offset, length)
-        if cached == length:
-            return bytes(buffer)
-        # A copy of the descriptor, closed by the worker: if we are cancelled, or the image
-        # is closed meanwhile, the worker never touches a number the process reused.
-        fd = os.dup(self._fd)
-        rest = await asyncio.to_thread(_read_and_close, fd, offset + cached, length - cached, self.path)
-        return bytes(memoryview(buffer)[:cached]) + rest if cached else rest
+            return _read_all(self._fd, offset, length, self.path)
+        # A part cached is dropped: the worker reads it again with the rest, from memory.
+        return bytes(buffer) if cached == length else None
 
     def read_now(self, offset: int, length: int) -> bytes:
         """:meth:`read`, blocking (after any writes done behind): for callers outside the
@@ -152,18 +169,31 @@ class Image:
             OSError: A write done behind failed (``ENOSPC`` on a full file system holding a
                 sparse image, say); the image is read-only (``EBADF``) or closed.
         """
+        while not self.write_now(offset, data):
+            await self._wait_for_oldest()
+
+    def write_now(self, offset: int, data: bytes) -> bool:
+        """:meth:`write` if there is room behind for ``data`` now; False, having done
+        nothing, while the writes behind hold ``WRITE_BEHIND_LIMIT`` bytes.
+
+        Raises:
+            OSError: As :meth:`write`.
+        """
         self._check_open()
         self._report_write_error()
         if self.read_only:
             raise OSError(errno.EBADF, "image is read-only", self.path)
+        room = WRITE_BEHIND_LIMIT - len(data)
+        if self._pending_bytes > room:
+            self._settle_finished()
+            if self._pending and self._pending_bytes > room:
+                return False
         if not self._writers:
             self._writers.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="usbwire-image"))
         done = self._writers[0].submit(_write_all, self._fd, data, offset, self.path)
         self._pending.append((done, len(data)))
         self._pending_bytes += len(data)
-        while self._pending_bytes > WRITE_BEHIND_LIMIT:
-            await self._settle_oldest()
-        self._report_write_error()
+        return True
 
     async def flush(self) -> None:
         """Wait for the writes done behind.
@@ -171,10 +201,20 @@ class Image:
         Raises:
             OSError: One of them failed (reported once): the data may not be in the image.
         """
+        while not self.flushed():
+            await self._wait_for_oldest()
+
+    def flushed(self) -> bool:
+        """:meth:`flush` if it needs no waiting: whether every write behind is done.
+
+        Raises:
+            OSError: As :meth:`flush`, once all are done.
+        """
         self._check_open()
-        while self._pending:
-            await self._settle_oldest()
+        if not self._settle_finished():
+            return False
         self._report_write_error()
+        return True
 
     async def sync(self) -> None:
         """Make every write so far durable (``fsync``), without blocking the event loop.
@@ -198,26 +238,32 @@ class Image:
         self._flush_now()
         os.fsync(self._fd)
 
-    async def _settle_oldest(self) -> None:
-        done, size = self._pending[0]
-        try:
+    async def _wait_for_oldest(self) -> None:
+        """Wait until the oldest write behind is done (then :meth:`_settle_finished` counts it)."""
+        done = self._pending[0][0]
+        if done.done():
+            return  # awaiting it anyway would cost a trip through the event loop
+        # Shielded: a waiter cancelled must not cancel the write. A failure is kept by
+        # _settle_finished and reported by whoever settles it.
+        with contextlib.suppress(OSError):
             await asyncio.shield(asyncio.wrap_future(done))
-        except OSError as error:
-            self._write_error = self._write_error or error
-        finally:
-            # (Cancelled, it is settled by whoever waits next: it stays first in the queue.)
-            if done.done() and self._pending and self._pending[0][0] is done:
-                self._pending.popleft()
-                self._pending_bytes -= size
+
+    def _settle_finished(self) -> bool:
+        """Forget the writes behind that are done, keeping the first failure; True if none is left."""
+        pending = self._pending
+        while pending and pending[0][0].done():
+            done, size = pending.popleft()
+            self._pending_bytes -= size
+            error = done.exception()
+            if isinstance(error, OSError):
+                self._write_error = self._write_error or error
+        return not pending
 
     def _flush_now(self) -> None:
         """:meth:`flush`, blocking."""
-        while self._pending:
-            done, size = self._pending.popleft()
-            self._pending_bytes -= size
-            error = done.exception()  # waits
-            if isinstance(error, OSError):
-                self._write_error = self._write_error or error
+        for done, _ in list(self._pending):
+            done.exception()  # waits
+        self._settle_finished()
         self._report_write_error()
 
     def _report_write_error(self) -> None:

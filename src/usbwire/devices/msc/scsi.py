@@ -3,7 +3,8 @@
 A command is decoded into a :class:`Transfer`: the data phase the logical unit wants (its
 direction and length) plus the code that produces or consumes that data. The transport
 (``bot.py``) moves the bytes, reconciles them with what the host announced and reports the
-status; this module never sees a USB transfer.
+status; this module never sees a USB transfer. Decoding never waits: what has to (an
+fsync) is part of finishing the command, before its status.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import enum
 import errno
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from usbwire.devices.msc import pages
 from usbwire.devices.msc.image import BLOCK_SIZE, Image
@@ -80,17 +81,29 @@ class Transfer:
     """A command's data phase: ``length`` bytes in ``direction``, then :meth:`finish`.
 
     ``read`` and ``write`` get the offset within the data phase and run in order; any of
-    the three methods raises :class:`CheckCondition` to fail the command.
+    the three methods raises :class:`CheckCondition` to fail the command. Each has a form
+    that never suspends (``read_now``, ``write_now``, ``finish_now``), which the transport
+    tries first: it declines, having done nothing, where the other would have to wait.
     """
 
     direction: Direction | None = None
     length: int = 0
 
+    def read_now(self, offset: int, size: int) -> bytes | None:
+        return None
+
     async def read(self, offset: int, size: int) -> bytes:
         raise NotImplementedError
 
+    def write_now(self, offset: int, data: bytes) -> bool:
+        return False
+
     async def write(self, offset: int, data: bytes) -> None:
         raise NotImplementedError
+
+    def finish_now(self) -> bool:
+        """:meth:`finish` if it needs no waiting; False, having done nothing, otherwise."""
+        return True
 
     async def finish(self) -> None:
         """After the whole data phase (never after a failed or truncated one)."""
@@ -108,8 +121,11 @@ class Reply(Transfer):
         self.data = data[:allocation_length]
         self.length = len(self.data)
 
-    async def read(self, offset: int, size: int) -> bytes:
+    def read_now(self, offset: int, size: int) -> bytes:
         return self.data[offset : offset + size]
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return self.read_now(offset, size)
 
 
 class ReadBlocks(Transfer):
@@ -120,12 +136,21 @@ class ReadBlocks(Transfer):
     def __init__(self, image: Image, start: int, length: int) -> None:
         self.image, self.start, self.length = image, start, length
 
+    def read_now(self, offset: int, size: int) -> bytes | None:
+        try:
+            return self.image.read_cached(self.start + offset, size)
+        except OSError as error:
+            raise self._read_failed(offset, error) from error
+
     async def read(self, offset: int, size: int) -> bytes:
         try:
             return await self.image.read(self.start + offset, size)
         except OSError as error:
-            log.error("read of %s at byte %d failed: %s", self.image.path, self.start + offset, error)
-            raise CheckCondition(UNRECOVERED_READ_ERROR) from error
+            raise self._read_failed(offset, error) from error
+
+    def _read_failed(self, offset: int, error: OSError) -> CheckCondition:
+        log.error("read of %s at byte %d failed: %s", self.image.path, self.start + offset, error)
+        return CheckCondition(UNRECOVERED_READ_ERROR)
 
 
 class WriteBlocks(Transfer):
@@ -137,14 +162,28 @@ class WriteBlocks(Transfer):
         self.image, self.start, self.length = image, start, length
         self.force_unit_access = force_unit_access
 
+    def write_now(self, offset: int, data: bytes) -> bool:
+        try:
+            return self.image.write_now(self.start + offset, data)
+        except OSError as error:
+            raise _write_failed(self.image, error) from error
+
     async def write(self, offset: int, data: bytes) -> None:
         try:
             await self.image.write(self.start + offset, data)
         except OSError as error:
             raise _write_failed(self.image, error) from error
 
-    async def finish(self) -> None:
+    def finish_now(self) -> bool:
         # The status says the blocks are written: they must be, not just handed over.
+        if self.force_unit_access:
+            return False  # an fsync, in a worker thread
+        try:
+            return self.image.flushed()
+        except OSError as error:
+            raise _write_failed(self.image, error) from error
+
+    async def finish(self) -> None:
         try:
             await self.image.flush()
         except OSError as error:
@@ -162,6 +201,18 @@ class CompareBlocks(Transfer):
         self.image, self.start, self.length = image, start, length
         self.miscompare: int | None = None
 
+    def write_now(self, offset: int, data: bytes) -> bool:
+        if self.miscompare is not None:
+            return True
+        try:
+            stored = self.image.read_cached(self.start + offset, len(data))
+        except OSError as error:
+            raise CheckCondition(UNRECOVERED_READ_ERROR) from error
+        if stored is None:
+            return False
+        self._compare(offset, stored, data)
+        return True
+
     async def write(self, offset: int, data: bytes) -> None:
         if self.miscompare is not None:
             return
@@ -169,14 +220,37 @@ class CompareBlocks(Transfer):
             stored = await self.image.read(self.start + offset, len(data))
         except OSError as error:
             raise CheckCondition(UNRECOVERED_READ_ERROR) from error
+        self._compare(offset, stored, data)
+
+    def _compare(self, offset: int, stored: bytes, data: bytes) -> None:
         if stored != data:
             first = next(i for i, (a, b) in enumerate(zip(stored, data, strict=True)) if a != b)
             self.miscompare = offset + first
 
-    async def finish(self) -> None:
+    def finish_now(self) -> bool:
         if self.miscompare is not None:
             # INFORMATION: offset of the first byte that differs (SBC-3 §5.33).
             raise CheckCondition(dataclasses.replace(MISCOMPARE_DURING_VERIFY, information=self.miscompare))
+        return True
+
+    async def finish(self) -> None:
+        self.finish_now()
+
+
+class Synchronize(Transfer):
+    """No data; the status waits for the image to be synced, and only then does ``then``
+    (an eject, say) take effect."""
+
+    def __init__(self, image: Image, then: Callable[[], None] | None = None) -> None:
+        self.image, self.then = image, then
+
+    def finish_now(self) -> bool:
+        return False  # an fsync, in a worker thread
+
+    async def finish(self) -> None:
+        await _sync(self.image)
+        if self.then is not None:
+            self.then()
 
 
 def _write_failed(image: Image, error: OSError) -> CheckCondition:
@@ -198,7 +272,7 @@ async def _sync(image: Image) -> None:
 
 # -- the logical unit ------------------------------------------------------------------------
 
-Handler = Callable[["LogicalUnit", bytes], Awaitable[Transfer]]
+Handler = Callable[["LogicalUnit", bytes], Transfer]
 
 
 class LogicalUnit:
@@ -219,7 +293,7 @@ class LogicalUnit:
 
     # -- used by the transport --------------------------------------------------------------
 
-    async def start(self, cdb: bytes) -> Transfer:
+    def start(self, cdb: bytes) -> Transfer:
         """Decode ``cdb`` (16 bytes, zero past the command's length) and run what needs no data.
 
         Raises:
@@ -234,7 +308,7 @@ class LogicalUnit:
         if self.unit_attention is not None and opcode not in _NO_UNIT_ATTENTION:
             attention, self.unit_attention = self.unit_attention, None
             raise CheckCondition(attention)
-        return await handler(self, cdb)
+        return handler(self, cdb)
 
     def failed(self, error: CheckCondition) -> None:
         """The command ended in CHECK CONDITION: keep its sense for REQUEST SENSE."""
@@ -277,11 +351,11 @@ class LogicalUnit:
 
     # -- SPC commands -------------------------------------------------------------------------
 
-    async def _test_unit_ready(self, cdb: bytes) -> Transfer:
+    def _test_unit_ready(self, cdb: bytes) -> Transfer:
         self._ready()
         return NO_DATA
 
-    async def _request_sense(self, cdb: bytes) -> Transfer:
+    def _request_sense(self, cdb: bytes) -> Transfer:
         if cdb[1] & 0x01:  # DESC: descriptor format sense, which we do not produce
             raise CheckCondition(INVALID_FIELD_IN_CDB)
         sense = self.sense
@@ -290,7 +364,7 @@ class LogicalUnit:
         self.sense = NO_SENSE
         return Reply(sense.to_bytes(), cdb[4])
 
-    async def _inquiry(self, cdb: bytes) -> Transfer:
+    def _inquiry(self, cdb: bytes) -> Transfer:
         evpd, page = cdb[1] & 0x01, cdb[2]
         (allocation_length,) = struct.unpack_from(">H", cdb, 3)
         if evpd:
@@ -299,7 +373,7 @@ class LogicalUnit:
             raise CheckCondition(INVALID_FIELD_IN_CDB)
         return Reply(pages.standard_inquiry(self.identity), allocation_length)
 
-    async def _mode_sense_6(self, cdb: bytes) -> Transfer:
+    def _mode_sense_6(self, cdb: bytes) -> Transfer:
         request = pages.ModeSense(
             page=cdb[2] & 0x3F,
             subpage=cdb[3],
@@ -308,7 +382,7 @@ class LogicalUnit:
         )
         return Reply(self._mode_parameters(request, ten=False), cdb[4])
 
-    async def _mode_sense_10(self, cdb: bytes) -> Transfer:
+    def _mode_sense_10(self, cdb: bytes) -> Transfer:
         request = pages.ModeSense(
             page=cdb[2] & 0x3F,
             subpage=cdb[3],
@@ -329,12 +403,12 @@ class LogicalUnit:
             write_protected=image.read_only if image else False,
         )
 
-    async def _report_luns(self, cdb: bytes) -> Transfer:
+    def _report_luns(self, cdb: bytes) -> Transfer:
         (allocation_length,) = struct.unpack_from(">I", cdb, 6)
         # A LUN list of one entry, LUN 0 (whose 8-byte encoding is all zeros).
         return Reply(struct.pack(">II", 8, 0) + bytes(8), allocation_length)
 
-    async def _prevent_allow_medium_removal(self, cdb: bytes) -> Transfer:
+    def _prevent_allow_medium_removal(self, cdb: bytes) -> Transfer:
         prevent = cdb[4] & 0x03
         if prevent > 1:  # 2 and 3 are for medium changers
             raise CheckCondition(INVALID_FIELD_IN_CDB)
@@ -343,13 +417,13 @@ class LogicalUnit:
 
     # -- SBC commands -------------------------------------------------------------------------
 
-    async def _read_capacity_10(self, cdb: bytes) -> Transfer:
+    def _read_capacity_10(self, cdb: bytes) -> Transfer:
         image = self._ready()
         # All ones: the disk is too big for 32 bits, ask READ CAPACITY(16).
         last = min(image.block_count - 1, 0xFFFFFFFF)
         return Reply(struct.pack(">II", last, BLOCK_SIZE), 8)
 
-    async def _service_action_in_16(self, cdb: bytes) -> Transfer:
+    def _service_action_in_16(self, cdb: bytes) -> Transfer:
         if cdb[1] & 0x1F != SERVICE_ACTION_READ_CAPACITY_16:
             raise CheckCondition(INVALID_FIELD_IN_CDB)
         image = self._ready()
@@ -358,7 +432,7 @@ class LogicalUnit:
         data = struct.pack(">QI", image.block_count - 1, BLOCK_SIZE).ljust(READ_CAPACITY_16_SIZE, b"\0")
         return Reply(data, allocation_length)
 
-    async def _read_format_capacities(self, cdb: bytes) -> Transfer:
+    def _read_format_capacities(self, cdb: bytes) -> Transfer:
         (allocation_length,) = struct.unpack_from(">H", cdb, 7)
         image = self.medium
         # Descriptor type 2: formatted medium, 3: no medium present.
@@ -366,13 +440,13 @@ class LogicalUnit:
         data = struct.pack(">II", 8, min(blocks, 0xFFFFFFFF)) + struct.pack(">I", (kind << 24) | BLOCK_SIZE)
         return Reply(data, allocation_length)
 
-    async def _read(self, cdb: bytes) -> Transfer:
+    def _read(self, cdb: bytes) -> Transfer:
         image = self._ready()
         lba, blocks = _lba_and_length(cdb)
         start, length = self._range(image, lba, blocks)
         return ReadBlocks(image, start, length)
 
-    async def _write(self, cdb: bytes) -> Transfer:
+    def _write(self, cdb: bytes) -> Transfer:
         image = self._ready()
         lba, blocks = _lba_and_length(cdb)
         if image.read_only:
@@ -381,7 +455,7 @@ class LogicalUnit:
         force_unit_access = cdb[0] != Opcode.WRITE_6 and bool(cdb[1] & _FUA)
         return WriteBlocks(image, start, length, force_unit_access)
 
-    async def _verify(self, cdb: bytes) -> Transfer:
+    def _verify(self, cdb: bytes) -> Transfer:
         image = self._ready()
         lba, blocks = _lba_and_length(cdb)
         start, length = self._range(image, lba, blocks)
@@ -393,15 +467,14 @@ class LogicalUnit:
             return CompareBlocks(image, start, length)
         raise CheckCondition(INVALID_FIELD_IN_CDB)
 
-    async def _synchronize_cache(self, cdb: bytes) -> Transfer:
+    def _synchronize_cache(self, cdb: bytes) -> Transfer:
         image = self._ready()
         lba, blocks = _lba_and_length(cdb)
         self._range(image, lba, blocks)
         # The whole image is synced whatever the range: fsync has no finer grain.
-        await _sync(image)
-        return NO_DATA
+        return Synchronize(image)
 
-    async def _start_stop_unit(self, cdb: bytes) -> Transfer:
+    def _start_stop_unit(self, cdb: bytes) -> Transfer:
         power_condition, load_eject, start = cdb[4] >> 4, cdb[4] & 0x02, cdb[4] & 0x01
         if power_condition:
             return NO_DATA  # power conditions are accepted and change nothing
@@ -409,12 +482,15 @@ class LogicalUnit:
             if load_eject and self.prevent_removal:
                 raise CheckCondition(MEDIUM_REMOVAL_PREVENTED)
             # Stopping (or ejecting) a disk writes its cache out, as a drive would.
-            await _sync(self.image)
+            return Synchronize(self.image, self._eject if load_eject else None)
         if load_eject:
             if start and not self.loaded and self.image is not None:
                 self.unit_attention = MEDIUM_MAY_HAVE_CHANGED
             self.loaded = bool(start)
         return NO_DATA
+
+    def _eject(self) -> None:
+        self.loaded = False
 
 
 def _lba_and_length(cdb: bytes) -> tuple[int, int]:
