@@ -124,7 +124,8 @@ def test_status_export_unexport_through_the_control_socket(served: ServeProcess)
     usbwire("unexport", "-b", "3-1", *control)
     failed = usbwire("unexport", "-b", "3-1", *control, check=False)
     assert (failed.returncode, failed.stderr) == (1, "usbwire: error: busid 3-1 is not exported\n")
-    assert "1-1" in usbwire("status", *control).stdout
+    summary = usbwire("status", *control).stdout
+    assert "1-1" in summary and "imports 0 (0 refused)" in summary
 
 
 CLOSED_PORT = "(a port that refuses connections)"

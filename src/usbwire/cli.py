@@ -654,7 +654,8 @@ def _status(args: argparse.Namespace) -> int:
     print(f"listening on {', '.join(status['listening'])}")
     stats = status["stats"]
     print(
-        f"connections so far {stats['connections']}, replies {stats['replies']}, "
+        f"connections so far {stats['connections']}, imports {stats['imports']}"
+        f" ({sum(stats['refused_imports'].values())} refused), replies {stats['replies']}, "
         f"protocol errors {stats['protocol_errors']}"
     )
     print("exports:")

@@ -16,7 +16,7 @@ import usbwire
 from tests.conftest import wait_until
 from tests.processes import serve_process
 from tests.wire import WireClient
-from usbwire.protocol import Direction, RetSubmit
+from usbwire.protocol import Direction, OpStatus, RetSubmit
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -65,6 +65,27 @@ def test_counters_and_gauges_follow_an_import_its_urbs_and_its_end(tmp_path: Pat
     assert (after[("usbwire_open_connections", ())], after[("usbwire_urbs_in_flight", busid("1-1"))]) == (0, 0)
     assert after[("usbwire_connections_total", ())] == before[("usbwire_connections_total", ())] + 1
     assert [dict(labels) for name, labels in after if name == "usbwire_info"] == [{"version": usbwire.__version__}]
+
+
+def test_refused_imports_are_counted_by_their_status(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with serve_process(log, "--metrics", "127.0.0.1:0") as served:
+        before = scrape(log)
+        with WireClient(served.port) as holder:
+            assert holder.import_("1-1").status == OpStatus.OK
+            with WireClient(served.port) as second:
+                assert second.import_("1-1").status == OpStatus.DEV_BUSY
+        with WireClient(served.port) as lost:
+            assert lost.import_("9-9").status == OpStatus.NODEV
+        after = scrape(log)
+    for status in ("NA", "DEV_BUSY", "DEV_ERR", "NODEV", "ERROR"):
+        assert before[("usbwire_refused_imports_total", (("status", status),))] == 0
+    refused = {
+        status: after[("usbwire_refused_imports_total", (("status", status),))]
+        for status in ("DEV_BUSY", "NODEV", "NA")
+    }
+    assert refused == {"DEV_BUSY": 1, "NODEV": 1, "NA": 0}
+    assert after[("usbwire_imports_total", ())] == 1
 
 
 @pytest.mark.parametrize(

@@ -445,8 +445,7 @@ class UsbipProtocol(asyncio.Protocol):
     def _import(self, busid: str) -> None:
         if self.session is not None and busid != self._session_busid:
             log.warning("%s: session asked for %s, import of %s refused", self.peer, self._session_busid, busid)
-            self.send(self.conn.send(OpRepImport(status=OpStatus.NA)))
-            self._close(None)
+            self._refuse_import(OpStatus.NA)
             return
         if self.server.gate is not None:
             # The gate may have to ask elsewhere (fleet mode: etcd). Meanwhile the state machine
@@ -463,8 +462,7 @@ class UsbipProtocol(asyncio.Protocol):
         if isinstance(admitted, OpStatus):
             # Not the busid field itself: in fleet mode it holds a claim's token.
             log.warning("%s import refused by the import gate: %s", self.peer, admitted.text)
-            self.send(self.conn.send(OpRepImport(status=admitted)))
-            self._close(None)
+            self._refuse_import(admitted)
             return
         self._import_admitted(admitted, requested)
 
@@ -474,27 +472,31 @@ class UsbipProtocol(asyncio.Protocol):
         device = self.server.registry.get(busid)
         if device is not None and not self.server.policy.allows(device.info, self.client):
             log.warning("%s import of %s denied (%s)", self.peer, busid, self.client.describe())
-            self.send(self.conn.send(OpRepImport(status=OpStatus.NA)))
-            self._close(None)
+            self._refuse_import(OpStatus.NA)
             return
         claimed = self.server.registry.claim(busid, self)
         if isinstance(claimed, OpStatus):
             log.info("%s import of %r refused: %s", self.peer, busid, claimed.text)
-            self.send(self.conn.send(OpRepImport(status=claimed)))
-            self._close(None)
+            self._refuse_import(claimed)
             return
         if isinstance(claimed, KernelExport):
             if self.session is not None:
                 # Exported to the kernel after the session was granted: it cannot be framed.
                 self.server.registry.release(busid, self)
-                self.send(self.conn.send(OpRepImport(status=OpStatus.NA)))
-                self._close(None)
+                self._refuse_import(OpStatus.NA)
                 return
             self._hand_over(busid, claimed)
             return
         self.busid = busid
         self.device = claimed
         asyncio.get_running_loop().create_task(self._open(claimed))
+
+    def _refuse_import(self, status: OpStatus) -> None:
+        """Answer the import with ``status`` and end the connection (the caller logged why)."""
+        refused = self.server.stats.refused_imports
+        refused[status.name] = refused.get(status.name, 0) + 1
+        self.send(self.conn.send(OpRepImport(status=status)))
+        self._close(None)
 
     def _hand_over(self, busid: str, device: KernelExport) -> None:
         """Give the connection to the kernel's stub: the fastest path on Linux."""
@@ -507,8 +509,7 @@ class UsbipProtocol(asyncio.Protocol):
         except OSError as error:
             self.server.registry.release(busid, self)
             log.warning("%s import of %s: the kernel refused the socket: %s", self.peer, busid, error)
-            self.send(self.conn.send(OpRepImport(status=OpStatus.NA)))
-            self._close(None)
+            self._refuse_import(OpStatus.NA)
             return
         self.server.registry.release(busid, self)
         self.server.stats.imports += 1
@@ -525,8 +526,7 @@ class UsbipProtocol(asyncio.Protocol):
             log.error("%s import of %s failed: %s", self.peer, self.busid, error)
             self._release()
             if not self._closing:
-                self.send(self.conn.send(OpRepImport(status=OpStatus.DEV_ERR)))
-                self._close(None)
+                self._refuse_import(OpStatus.DEV_ERR)
             return
         if self._closing:
             self._release()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from usbwire.addresses import host_port, parse_host_port
 from usbwire.errors import UsbwireError
+from usbwire.protocol.constants import OpStatus
 
 if TYPE_CHECKING:
     from usbwire.server.server import Server
@@ -50,6 +51,7 @@ class _Snapshot:
     connections_total: int
     connections_open: int
     imports_total: int
+    refused_imports_total: dict[str, int]
     replies_total: int
     protocol_errors_total: int
     exports: tuple[_Export, ...]
@@ -77,6 +79,7 @@ def _snapshot(server: Server) -> _Snapshot:
         connections_total=stats.connections,
         connections_open=len(server.connections),
         imports_total=stats.imports,
+        refused_imports_total=dict(stats.refused_imports),
         replies_total=stats.replies,
         protocol_errors_total=stats.protocol_errors,
         exports=tuple(exports),
@@ -104,6 +107,13 @@ class _Collector:
         yield CounterMetricFamily(
             "usbwire_imports", "devices imported (OP_REP_IMPORT OK)", value=snapshot.imports_total
         )
+        refused = CounterMetricFamily(
+            "usbwire_refused_imports", "imports refused, by OP_REP_IMPORT status", labels=["status"]
+        )
+        for status in OpStatus:
+            if status != OpStatus.OK:  # every status from the start, so that rates work from 0
+                refused.add_metric([status.name], snapshot.refused_imports_total.get(status.name, 0))
+        yield refused
         yield CounterMetricFamily(
             "usbwire_replies", "PDUs answered: RET_SUBMIT, RET_UNLINK and OP replies", value=snapshot.replies_total
         )

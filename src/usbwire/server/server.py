@@ -62,6 +62,7 @@ class Limits:
 class Stats:
     connections: int = 0
     imports: int = 0
+    refused_imports: dict[str, int] = field(default_factory=dict)  # by OP_REP_IMPORT status name
     replies: int = 0
     protocol_errors: int = 0
 
