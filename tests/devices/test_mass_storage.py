@@ -982,6 +982,28 @@ def test_a_command_on_cached_blocks_completes_without_waiting(disk: MassStorage)
     assert struct.unpack("<IIIB", disk.transfer_now(0x81, b"", 13) or b"") == (0x53425355, 2, 0, PASSED)
 
 
+@pytest.mark.parametrize("urb_blocks", [8, 3], ids=["one-urb", "in-pieces"])
+def test_a_read_commands_data_is_read_while_the_host_sends_for_it(
+    disk: MassStorage, monkeypatch: pytest.MonkeyPatch, urb_blocks: int
+) -> None:
+    async def scenario() -> tuple[list[bytes | None], list[object]]:
+        disk.set_configuration(1)
+        assert disk.image is not None
+        await disk.image.write(5 * BLOCK_SIZE, pattern(8))
+        await disk.image.flush()
+        read = cbw(read10(5, 8), length=8 * BLOCK_SIZE, direction=Direction.IN, tag=3)
+        assert disk.transfer_now(0x02, read, 31) == b""
+        await asyncio.sleep(0)  # the loop's next turn: the CBW's answer has left
+        reads: list[object] = []
+        monkeypatch.setattr(disk.image, "read_cached", lambda *args: reads.append(args))
+        sizes = [min(urb_blocks, 8 - n) * BLOCK_SIZE for n in range(0, 8, urb_blocks)]
+        return [disk.transfer_now(0x81, b"", size) for size in sizes], reads
+
+    chunks, reads_at_the_data_urbs = asyncio.run(scenario())
+    assert b"".join(chunk or b"" for chunk in chunks) == pattern(8)
+    assert reads_at_the_data_urbs == []
+
+
 def test_the_status_of_a_write_still_behind_is_declined_untouched(
     disk: MassStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,7 +8,8 @@ The transport is a state machine over the two endpoints::
     any --invalid CBW--> NEEDS_RESET --Bulk-Only Mass Storage Reset--> COMMAND
 
 A data phase spans as many URBs as the host likes: OUT data is consumed as it arrives and
-IN data is produced in each URB's length. An URB on an endpoint that has nothing to do yet
+IN data is produced in each URB's length (a read's, once its CBW is answered, read ahead for
+the one URB a host usually moves it in). An URB on an endpoint that has nothing to do yet
 waits, as a real device NAKs, so a host may queue the CSW read early. Where the host's
 dCBWDataTransferLength and the command disagree, the device follows the thirteen cases of
 BOT §6.7: it moves what both agree on, stalls the pipe the host expected more on, and
@@ -236,7 +237,22 @@ class BulkOnlyDevice(Device):
                 command.status = CswStatus.PHASE_ERROR
                 command.discard = host_direction == Direction.OUT
             self.phase = Phase.DATA_IN if host_direction == Direction.IN else Phase.DATA_OUT
+            if self.phase == Phase.DATA_IN:
+                self._read_ahead_soon(command)
         self._notify()
+
+    def _read_ahead_soon(self, command: _Command) -> None:
+        """Have the command's data read once the CBW's answer has left, while the host sends
+        for it."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # driven without an event loop (a test): the data URB reads
+        loop.call_soon(self._read_ahead, command)
+
+    def _read_ahead(self, command: _Command) -> None:
+        if self._command is command and self.phase == Phase.DATA_IN and command.moved == 0:
+            command.transfer.read_ahead(command.planned)
 
     def _send_data_now(self, length: int) -> bytes | None:
         command = self._command
