@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import _lab, _profile, _scale, _tls, _wire  # noqa: F401  (importing registers the sections)
+from bench import _disk, _lab, _profile, _scale, _tls, _wire  # noqa: F401  (importing registers the sections)
 from bench._build import BENCH_DIR, BuildError, build
 from bench._model import SectionResult
 from bench._registry import SECTIONS, Context, Options

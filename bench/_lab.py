@@ -17,15 +17,13 @@ TCG makes absolute figures small; the ratios to the kernel in the same VM are th
 from __future__ import annotations
 
 import re
-import statistics
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench._disk import blank_image, peer_disk, usbwire_disk
 from bench._model import Row, Sample, SectionResult
-from bench._proc import listening_process
 from bench._registry import Context, section
 
 SIZE_MB = 64
@@ -63,7 +61,7 @@ def kernel_lab(ctx: Context) -> SectionResult:
     with tempfile.TemporaryDirectory() as scratch:
         image = _blank_image(Path(scratch) / "qemu-disk.img")
         with (
-            _host_disk(Path(scratch) / "usbwire-disk.img") as host_port,
+            usbwire_disk(_blank_image(Path(scratch) / "usbwire-disk.img")) as host_port,
             _peer_disk(Path(scratch) / "usbip-disk.img", ctx.server("usbip") is not None) as peer_port,
             lab.vm(usb=[storage(image, id="disk")], cpus=2, memory_mb=1024, hard_timeout_s=1800) as vm,
         ):
@@ -105,10 +103,10 @@ def kernel_lab(ctx: Context) -> SectionResult:
             f"{row.key} MB/s: " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items() if v is not None)
         )
         for server in SERVERS[1:]:
-            ratio = _paired_ratio(row, server, KERNEL)
+            ratio = row.ratio(server, KERNEL)
             if ratio is not None:
                 result.notes.append(f"{row.key}: {server} / kernel = {ratio:.2f}x")
-        ratio = _paired_ratio(row, "usbwire-emulated", "usbip-emulated")
+        ratio = row.ratio("usbwire-emulated", "usbip-emulated")
         if ratio is not None:
             result.notes.append(
                 f"{row.key}: usbwire-emulated / usbip-emulated = {ratio:.2f}x"
@@ -117,21 +115,9 @@ def kernel_lab(ctx: Context) -> SectionResult:
     return result
 
 
-def _paired_ratio(row: Row, server: str, reference: str) -> float | None:
-    """The median of ``server``'s samples over ``reference``'s of the same repetition."""
-    ratios = [
-        a.value / b.value
-        for a, b in zip(row.samples.get(server, []), row.samples.get(reference, []), strict=False)
-        if a is not None and b is not None and b.value
-    ]
-    return statistics.median(ratios) if ratios else None
-
-
 def _blank_image(path: Path) -> Path:
     """A sparse disk image at ``path``, big enough for the dd runs."""
-    with path.open("wb") as disk:
-        disk.truncate((SIZE_MB + 16) << 20)
-    return path
+    return blank_image(path, (SIZE_MB + 16) << 20)
 
 
 def _attach(vm: object, host: str, port: int, busid: str) -> str:
@@ -179,20 +165,9 @@ def _guest_usbwire(vm: object, backend: str, ids: tuple[int, int]) -> Iterator[N
 
 @contextmanager
 def _peer_disk(image: Path, wanted: bool) -> Iterator[int]:
-    """The PyPI usbip package's disk over ``image`` on the host's 127.0.0.1 (its port), or 0
-    when it is not compared."""
+    """PyPI usbip's disk over ``image`` (its port), or 0 when it is not compared."""
     if not wanted:
         yield 0
         return
-    argv = [sys.executable, "-m", "bench._peer_usbip", "--host", "127.0.0.1", "--disk", str(_blank_image(image))]
-    with listening_process(argv, "PyPI usbip's disk") as port:
-        yield port
-
-
-@contextmanager
-def _host_disk(image: Path) -> Iterator[int]:
-    """``usbwire serve --disk image`` on the host's 127.0.0.1 (its port; the disk is 1-1), on
-    the default loop, as a user runs it."""
-    argv = [sys.executable, "-m", "usbwire", "serve", "--host", "127.0.0.1", "--port", "0", "--control", "none"]
-    with listening_process([*argv, "--disk", str(_blank_image(image))], "usbwire's disk") as port:
+    with peer_disk(_blank_image(image)) as port:
         yield port

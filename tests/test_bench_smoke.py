@@ -20,6 +20,7 @@ import pytest
 
 from bench._build import Binaries, build
 from bench._cli import main as bench_main
+from bench._disk import IMAGE_BYTES, blank_image, commands_per_second, usbwire_disk
 from bench._loadgen import Load, Target, run_load
 from bench._model import Row, Sample, SectionResult
 from bench._wire import lean_note
@@ -68,6 +69,12 @@ def test_echo_server_devlist_lists_busid_1_1(echo_port: int) -> None:
     version, code, status, ndev = struct.unpack(">HHII", reply[:12])
     assert (version, code, status, ndev) == (0x0111, 0x0005, 0, 1)
     assert reply[12 + 0x100 : 12 + 0x104] == b"1-1\x00"
+
+
+def test_disk_benchmark_client_runs_whole_commands_through_usbwires_disk(tmp_path: Path) -> None:
+    with usbwire_disk(blank_image(tmp_path / "disk.img", IMAGE_BYTES)) as port:  # (sparse)
+        write_rate, read_rate = commands_per_second(port, [(True, 8), (False, 240)], duration_s=0.2)
+    assert write_rate > 0 and read_rate > 0
 
 
 @pytest.mark.parametrize(

@@ -769,7 +769,7 @@ class SlowToClose(Loopback):
         await self.may_finish.wait()
 
 
-def test_device_stays_busy_until_its_close_finished_then_serves_the_next_importer(
+def test_an_import_while_the_last_one_is_closing_waits_for_the_close_then_is_served(
     server: RunningServer,
 ) -> None:
     device = SlowToClose()
@@ -779,16 +779,47 @@ def test_device_stays_busy_until_its_close_finished_then_serves_the_next_importe
             assert first.import_(SLOW).status == OpStatus.OK
             configure(first)
         wait_until(lambda: server.call(lambda: device.closing), "close() to start")
-        # The reset that ends close() would undo the configuration of an early importer.
-        with WireClient(server.port) as early:
-            assert early.import_(SLOW).status == OpStatus.DEV_BUSY
+        # The reset that ends close() would undo the configuration of an early importer: the
+        # import is answered once close() is over, as `usbip detach; usbip attach` expects.
+        with WireClient(server.port) as second:
+            second.sock.sendall(second.conn.send(OpReqImport(busid=SLOW)))
+            second.sock.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                second.sock.recv(1, socket.MSG_PEEK)  # no answer while the device closes
+            second.sock.settimeout(10)
+            server.call(device.may_finish.set)
+            reply = second.read_event()
+            assert isinstance(reply, OpRepImport) and reply.status == OpStatus.OK
+            second.device = reply.device
+            configure(second)
+            assert_loopback_round_trip(second)
+    finally:
+        server.call(device.may_finish.set)
+
+
+@pytest.fixture
+def impatient_server() -> Iterator[RunningServer]:
+    """The demo server, giving each connection half a second to have its request answered."""
+    yield from start_server(Limits(request_timeout=0.5))
+
+
+def test_an_import_waiting_for_a_device_that_never_finishes_closing_is_told_it_is_busy(
+    impatient_server: RunningServer,
+) -> None:
+    server = impatient_server
+    device = SlowToClose()
+    server.export(EmulatedExport(device, busid=SLOW, busnum=4, devnum=2))
+    try:
+        with WireClient(server.port) as first:
+            assert first.import_(SLOW).status == OpStatus.OK
+        wait_until(lambda: server.call(lambda: device.closing), "close() to start")
+        with WireClient(server.port) as second:
+            assert second.import_(SLOW).status == OpStatus.DEV_BUSY
     finally:
         server.call(device.may_finish.set)
     wait_released(server, SLOW)
-    with WireClient(server.port) as second:
-        assert second.import_(SLOW).status == OpStatus.OK
-        configure(second)
-        assert_loopback_round_trip(second)
+    with WireClient(server.port) as third:
+        assert third.import_(SLOW).status == OpStatus.OK
 
 
 @pytest.fixture

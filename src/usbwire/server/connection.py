@@ -101,6 +101,7 @@ class UsbipProtocol(asyncio.Protocol):
         self.client = Client("?")
         self._challenge = b""
         self._request_timer: asyncio.TimerHandle | None = None
+        self._release_wait: asyncio.Task[None] | None = None  # an import's, see _import_admitted
         self._first_of_batch = False
         # Inside _process, which looks at flow control once at the end of the batch.
         self._processing = False
@@ -273,7 +274,14 @@ class UsbipProtocol(asyncio.Protocol):
 
     def _request_timed_out(self) -> None:
         if self.dispatcher is None and not self._closing and self.busid is None:
-            self._abort(f"no request within {self.server.limits.request_timeout:g} s")
+            timeout = self.server.limits.request_timeout
+            if self._release_wait is None:
+                self._abort(f"no request within {timeout:g} s")
+                return
+            self._release_wait.cancel()
+            self._release_wait = None
+            log.warning("%s import refused: the device did not finish closing within %g s", self.peer, timeout)
+            self._refuse_import(OpStatus.DEV_BUSY)
 
     def connection_lost(self, exc: Exception | None) -> None:
         exc = exc or self._read_error
@@ -283,6 +291,8 @@ class UsbipProtocol(asyncio.Protocol):
             self._request_timer.cancel()
         if self._liveness is not None:
             self._liveness.cancel()
+        if self._release_wait is not None:
+            self._release_wait.cancel()
         if self.session is not None and self.session.suspend():
             window = self.server.limits.resume_window
             log.info("%s: link of %s lost (%s); holding it %g s for a resumption", self.peer, self.busid, exc, window)
@@ -475,6 +485,12 @@ class UsbipProtocol(asyncio.Protocol):
             self._refuse_import(OpStatus.NA)
             return
         claimed = self.server.registry.claim(busid, self)
+        if claimed == OpStatus.DEV_BUSY and self.server.registry.being_let_go(busid):
+            # The last import has ended and the device is still closing (a disk syncing its
+            # writes): an attach right after a detach waits for it rather than fail.
+            log.info("%s import of %s waits for the last import's end", self.peer, busid)
+            self._release_wait = asyncio.get_running_loop().create_task(self._import_once_released(busid, requested))
+            return
         if isinstance(claimed, OpStatus):
             log.info("%s import of %r refused: %s", self.peer, busid, claimed.text)
             self._refuse_import(claimed)
@@ -490,6 +506,13 @@ class UsbipProtocol(asyncio.Protocol):
         self.busid = busid
         self.device = claimed
         asyncio.get_running_loop().create_task(self._open(claimed))
+
+    async def _import_once_released(self, busid: str, requested: str) -> None:
+        # (The request timeout still runs: an importer waits at most that long.)
+        await self.server.registry.until_released(busid)
+        self._release_wait = None
+        if not self._closing:
+            self._import_admitted(busid, requested)
 
     def _refuse_import(self, status: OpStatus) -> None:
         """Answer the import with ``status`` and end the connection (the caller logged why)."""
@@ -684,6 +707,7 @@ class UsbipProtocol(asyncio.Protocol):
         # The device stays claimed until close() has finished, as the stub stays "used" until
         # its reset is done: an importer let in sooner would have its SET_CONFIGURATION undone
         # by the reset that ends an emulated device's close().
+        self.server.registry.letting_go(busid, self)
         try:
             await device.close()
         finally:

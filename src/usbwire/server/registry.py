@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -31,6 +32,8 @@ class Registry:
     def __init__(self) -> None:
         self._exports: dict[str, ExportedDevice] = {}
         self._holders: dict[str, Holder] = {}
+        # busid -> set once the holder that is closing the device (a disk syncing) releases it
+        self._letting_go: dict[str, asyncio.Event] = {}
         self._listeners: list[Listener] = []
 
     def listen(self, listener: Listener) -> None:
@@ -52,6 +55,7 @@ class Registry:
         """Stop exporting; the connection holding the device (if any) is closed."""
         device = self._exports.pop(busid)
         holder = self._holders.pop(busid, None)
+        self._released(busid)
         if holder is not None:
             holder.device_removed()
         log.info("no longer exporting %s", busid)
@@ -105,3 +109,24 @@ class Registry:
     def release(self, busid: str, holder: Holder) -> None:
         if self._holders.get(busid) is holder:
             del self._holders[busid]
+            self._released(busid)
+
+    def letting_go(self, busid: str, holder: Holder) -> None:
+        """``holder``'s import has ended and it is closing the device: until it calls
+        :meth:`release`, :meth:`until_released` has an importer wait rather than be refused."""
+        if self._holders.get(busid) is holder:
+            self._letting_go.setdefault(busid, asyncio.Event())
+
+    def being_let_go(self, busid: str) -> bool:
+        return busid in self._letting_go
+
+    async def until_released(self, busid: str) -> None:
+        """Return once the device a holder is letting go of is released (or unexported)."""
+        event = self._letting_go.get(busid)
+        if event is not None:
+            await event.wait()
+
+    def _released(self, busid: str) -> None:
+        event = self._letting_go.pop(busid, None)
+        if event is not None:
+            event.set()
