@@ -706,7 +706,7 @@ class UsbipProtocol(asyncio.Protocol):
     async def _close_device(self, busid: str, device: ExportedDevice) -> None:
         # The device stays claimed until close() has finished, as the stub stays "used" until
         # its reset is done: an importer let in sooner would have its SET_CONFIGURATION undone
-        # by the reset that ends an emulated device's close().
+        # by the reset that ends an emulated device's close(). One that comes meanwhile waits.
         self.server.registry.letting_go(busid, self)
         try:
             await device.close()
