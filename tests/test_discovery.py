@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.conftest import wait_until
+from tests.conftest import RunningServer, wait_until
 from tests.processes import serve_process
 from tests.test_cli import usbwire
-from usbwire.discovery import Browser, discover
+from usbwire.discovery import Advertisement, Browser, devices_of, discover
 
 LOOPBACK = ["127.0.0.1"]
 WAIT_S = 10.0
@@ -41,6 +41,7 @@ def test_an_advertised_server_is_discovered_with_where_it_listens_and_what_it_ex
     assert name in servers, servers
     server = servers[name]
     assert (server["addresses"], server["port"], server["tls"]) == (["127.0.0.1"], served.port, False)
+    assert server["address"] == "127.0.0.1"  # the one that answered
     assert server["implementation"].startswith("usbwire ")
     assert [device["busid"] for device in server["devices"]] == ["1-1", "1-2", "1-3", "1-4", "1-5"]
     assert server["error"] is None
@@ -84,6 +85,22 @@ def test_a_server_that_stops_is_withdrawn_from_a_browser_watching(tmp_path: Path
                 await browser.wait_until(lambda names: name not in names)
 
     asyncio.run(watch())
+
+
+def test_a_server_is_asked_at_each_of_its_addresses_until_one_answers(server: RunningServer) -> None:
+    # 127.0.0.2 is this machine too, but the server listens on 127.0.0.1 only: refused there.
+    announced = Advertisement("several", ("127.0.0.2", "127.0.0.1"), server.port, tls=False, implementation=None)
+    found = asyncio.run(devices_of(announced))
+    assert (found.address, found.error) == ("127.0.0.1", None)
+    assert found.devices is not None and found.devices[0].busid == "1-1"
+
+
+def test_a_server_no_address_of_which_answers_is_found_with_why(server: RunningServer) -> None:
+    announced = Advertisement("nowhere", ("127.0.0.2", "127.0.0.3"), server.port, tls=False, implementation=None)
+    found = asyncio.run(devices_of(announced))
+    assert (found.address, found.devices) == (None, None)
+    assert found.error is not None
+    assert found.error.startswith(f"127.0.0.2:{server.port}: ") and f"; 127.0.0.3:{server.port}: " in found.error
 
 
 def test_a_server_not_asked_to_advertise_stays_silent(tmp_path: Path) -> None:

@@ -604,7 +604,8 @@ def _discover(args: argparse.Namespace) -> int:
     for entry in found:
         server = entry.server
         what = ", ".join(filter(None, [server.implementation, "TLS" if server.tls else None]))
-        print(f" - {server.name} at {host_port(server.addresses[0], server.port)}" + (f" ({what})" if what else ""))
+        address = entry.address or server.addresses[0]
+        print(f" - {server.name} at {host_port(address, server.port)}" + (f" ({what})" if what else ""))
         if entry.devices:
             _print_devices(entry.devices)
             continue
@@ -618,6 +619,7 @@ def _found_json(found: Found) -> dict[str, Any]:
     return {
         "name": server.name,
         "addresses": list(server.addresses),
+        "address": found.address,
         "port": server.port,
         "tls": server.tls,
         "implementation": server.implementation,

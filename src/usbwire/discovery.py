@@ -4,7 +4,8 @@ A server started with ``--advertise`` announces the service instance ``NAME._usb
 on the addresses it listens on, with TXT keys ``txtvers=1``, ``tls=0|1`` and ``impl=usbwire
 VERSION``; it sends goodbyes when it stops. :func:`discover` browses for that service type for
 a while and resolves what answered; :func:`survey` (``usbwire discover``) then asks each server
-for its devices with OP_REQ_DEVLIST, as ``usbwire list -r`` does: they are not announced, as
+for its devices with OP_REQ_DEVLIST (:func:`devices_of`: at each of its addresses until one
+answers), as ``usbwire list -r`` does: they are not announced, as
 they change and access rules decide what each client may see. A :class:`Browser` follows
 servers as they come and go.
 
@@ -23,6 +24,7 @@ from ssl import SSLContext
 from types import ModuleType
 from typing import Any
 
+from usbwire.addresses import host_port
 from usbwire.client.remote import list_devices
 from usbwire.errors import UsbwireError
 from usbwire.protocol.pdu import DeviceInfo
@@ -230,6 +232,30 @@ class Found:
     server: Advertisement
     devices: list[DeviceInfo] | None
     error: str | None = None
+    address: str | None = None  # the one of the server's addresses that answered
+
+
+async def devices_of(server: Advertisement, ssl: SSLContext | None = None, token: str | None = None) -> Found:
+    """What ``server`` exports (OP_REQ_DEVLIST), asked at each of its addresses in turn until
+    one answers: a machine also announces addresses other hosts may not reach (a container
+    bridge's, say).
+
+    Args:
+        server: As :func:`discover` found it.
+        ssl: For a server that says it speaks TLS (default: the system's CAs).
+        token: Proved to a server that asks for one.
+    """
+    context = (ssl or client_context()) if server.tls else None
+    errors = []
+    for address in server.addresses:
+        try:
+            devices = await list_devices(address, server.port, ssl=context, token=token)
+        except (UsbwireError, OSError) as error:
+            where = host_port(address, server.port)
+            errors.append(str(error) if where in str(error) else f"{where}: {error}")
+            continue
+        return Found(server, devices, address=address)
+    return Found(server, None, "; ".join(errors) or "no address")
 
 
 async def survey(
@@ -248,16 +274,7 @@ async def survey(
         token: Proved to every server that asks for one.
     """
     servers = [server for server in await discover(timeout, interfaces) if server.addresses]
-
-    async def ask(server: Advertisement) -> Found:
-        context = (ssl or client_context()) if server.tls else None
-        try:
-            devices = await list_devices(server.addresses[0], server.port, ssl=context, token=token)
-        except (UsbwireError, OSError) as error:
-            return Found(server, None, str(error))
-        return Found(server, devices)
-
-    return list(await asyncio.gather(*(ask(server) for server in servers)))
+    return list(await asyncio.gather(*(devices_of(server, ssl, token) for server in servers)))
 
 
 async def discover(timeout: float = 2.0, interfaces: Sequence[str] | None = None) -> list[Advertisement]:
