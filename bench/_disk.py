@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench._model import Row, Sample, SectionResult
 from bench._proc import listening_process
-from bench._registry import Context, section
+from bench._registry import Context, rotated, section
 
 USBWIRE, PEER = "usbwire-emulated", "usbip-emulated"
 BUSID = "1-1"  # both servers export their disk there
@@ -60,10 +60,9 @@ def disk(ctx: Context) -> SectionResult:
         }
         if ctx.server("usbip") is not None:
             ports[PEER] = servers.enter_context(peer_disk(blank_image(Path(scratch) / "usbip.img", IMAGE_BYTES), cpu))
-        order = list(ports)
         for rep in range(max(1, ctx.options.reps)):
             ctx.log(f"disk: repetition {rep + 1}/{ctx.options.reps}")
-            for server in order[rep % len(order) :] + order[: rep % len(order)]:
+            for server in rotated(list(ports), rep):
                 with _pinned(ctx.options.client_cpu):
                     rates = commands_per_second(ports[server], [(write, COMMAND_SIZES[name]) for write, name in rows])
                 for row, rate in zip(rows.values(), rates, strict=True):

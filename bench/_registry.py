@@ -18,12 +18,15 @@ per server) and its goals with the rest, and the JSON output carries everything.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from bench._build import Binaries
 from bench._model import SectionResult
 from bench._servers import RunningServer
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +59,17 @@ class Context:
 
     def rotation(self, rep: int) -> list[RunningServer]:
         """The servers in the order they take turns in repetition ``rep`` (rotated each time)."""
-        n = len(self.servers)
-        return [self.servers[(i + rep) % n] for i in range(n)] if n else []
+        return rotated(self.servers, rep)
 
     def server(self, key: str) -> RunningServer | None:
         return next((s for s in self.servers if s.spec.key == key), None)
+
+
+def rotated(items: Sequence[T], rep: int) -> list[T]:
+    """``items`` in the order they take turns in repetition ``rep``: rotated by one each time,
+    so that no server always runs first (or right after the same other one)."""
+    n = len(items)
+    return [items[(i + rep) % n] for i in range(n)]
 
 
 SectionRun = Callable[[Context], SectionResult]
